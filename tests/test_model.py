@@ -1,0 +1,106 @@
+"""Model presets: shapes, parameter arithmetic, gradients, input scaling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from study.errors import UserError
+from study.model import ARCHS, INPUT_SOFTENING, build_model, scale_input
+
+
+def _n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("n_bins", [180, 7])
+def test_paper_model_parameter_count_matches_torchvision_arithmetic(n_bins):
+    ref = _n_params(torchvision.models.resnet50(weights=None))  # 25,557,032
+    expected = (
+        ref
+        - 64 * 3 * 7 * 7  # torchvision's 3-channel conv1 (no bias)
+        - (2048 * 1000 + 1000)  # torchvision's fc
+        + 64 * 5 * 7 * 7  # 5-band conv1
+        + (2048 * 1024 + 1024)  # Linear(2048 -> 1024)
+        + (1025 * n_bins + n_bins)  # Linear(1025 -> C)
+    )
+    m = build_model("resnet50_hayat", n_bins=n_bins)
+    assert _n_params(m) == expected
+    assert m.backbone.conv1.stride == (1, 1) and m.backbone.conv1.in_channels == 5
+    assert isinstance(m.backbone.maxpool, nn.Identity)
+    fast = build_model("resnet50", n_bins=n_bins)
+    assert _n_params(fast) == expected
+    assert fast.backbone.conv1.stride == (2, 2)
+    assert isinstance(fast.backbone.maxpool, nn.MaxPool2d)
+
+
+def test_no_dropout_and_he_normal_init():
+    torch.manual_seed(0)
+    m = build_model("resnet18", n_bins=10, hidden=64)
+    assert not any(isinstance(x, nn.Dropout) for x in m.modules())
+    # He-normal, fan-in: std = sqrt(2 / fan_in)
+    w = m.fc_hidden.weight  # (64, 512)
+    assert abs(w.std().item() / (2.0 / 512) ** 0.5 - 1) < 0.05
+    assert abs(w.mean().item()) < 0.01
+    assert torch.all(m.fc_hidden.bias == 0)
+    conv = m.backbone.layer1[0].conv1.weight  # (64, 64, 3, 3)
+    assert abs(conv.std().item() / (2.0 / (64 * 9)) ** 0.5 - 1) < 0.05
+
+
+def test_unknown_arch_is_user_error():
+    with pytest.raises(UserError, match="model.arch"):
+        build_model("vgg")
+
+
+def test_scale_input_is_asinh():
+    x = torch.tensor([-0.1, 0.0, 0.05, 100.0])
+    expected = torch.log(x / INPUT_SOFTENING + torch.sqrt((x / INPUT_SOFTENING) ** 2 + 1))
+    torch.testing.assert_close(scale_input(x), expected)
+
+
+@pytest.mark.parametrize("arch", ["tiny_cnn", "small_cnn", "resnet18"])
+def test_every_parameter_gets_a_finite_gradient(arch):
+    torch.manual_seed(1)
+    m = build_model(arch, n_bins=12, hidden=32)
+    x = torch.rand(2, 5, 64, 64) * 3.0 - 0.1  # nanomaggies
+    ebv = torch.rand(2) * 0.1
+    feats = m.forward_features(x)
+    assert feats.shape == (2, m.num_features)
+    logits = m.forward_head(feats, ebv)
+    assert logits.shape == (2, 12)
+    torch.testing.assert_close(logits, m(x, ebv))
+    logits.logsumexp(1).sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    assert torch.isfinite(logits).all()
+
+
+def test_ebv_enters_the_head():
+    torch.manual_seed(2)
+    m = build_model("tiny_cnn", n_bins=5, hidden=8).eval()
+    x = torch.rand(1, 5, 64, 64)
+    a = m(x, torch.tensor([0.0]))
+    b = m(x, torch.tensor([0.3]))
+    torch.testing.assert_close(b - a, 0.3 * m.fc_out.weight[:, -1][None, :])
+
+
+def test_archs_list_builds():
+    for arch in ARCHS:
+        if arch.startswith("resnet50"):
+            continue  # covered by the parameter-count test
+        assert isinstance(build_model(arch, n_bins=4, hidden=8), nn.Module)
+
+
+def test_paper_model_forward_backward_at_64px():
+    torch.manual_seed(3)
+    m = build_model("resnet50_hayat", n_bins=180)
+    x = torch.rand(1, 5, 64, 64)
+    logits = m(x, torch.tensor([0.02]))
+    assert logits.shape == (1, 180)
+    m.eval()  # batch of one: BatchNorm in eval mode for the backward check too
+    m(x, torch.tensor([0.02])).logsumexp(1).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
