@@ -1,0 +1,355 @@
+"""Run configuration: plain dataclasses with defaults, named presets and groups, YAML/CLI overrides.
+
+A config is resolved in this order, each step overriding the one before:
+preset (``paper``, ``fast``, ``resnet18``, ``demo``, ``tiny``) -> group (the loss weights of one
+of the six groups) -> a YAML file -> dedicated CLI flags (``--seed``, ``--data``, ``--epochs``)
+-> ``--set section.field=value``. The resolved config is written as ``config.yaml`` beside every
+result, and ``config_from_dict`` reads it back to the identical config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from study.errors import UserError
+
+PRESETS = ("paper", "fast", "resnet18", "demo", "tiny")
+GROUPS = ("baseline", "baseline_aug", "constrained", "flux_only", "inv_only", "cde_only")
+# "custom": no group switches at all; the caller sets the loss fields (e.g. a search trial)
+GROUP_LABELS = (*GROUPS, "custom")
+
+Arch = Literal["resnet50_hayat", "resnet50", "resnet18", "small_cnn", "tiny_cnn"]
+ImageDtype = Literal["float32", "float16"]
+Device = Literal["auto", "cuda", "cpu"]
+
+
+@dataclass
+class DataConfig:
+    # photoz-study/1 HDF5 file; None = the synthetic universe of universe_n galaxies, built once
+    # and cached (see study.data.universe.cached_universe)
+    path: str | None = None
+    # galaxies in the synthetic universe: the paper's SDSS sample has 607,712
+    universe_n: int = 607_712
+    # seed of the synthetic universe; independent of the trial seed (run.seed)
+    universe_seed: int = 0
+    # dtype of the images held on the training device; float16 halves the memory (relative
+    # precision 5e-4, far below the pixel noise). Batches are cast to float32 before the model.
+    image_dtype: ImageDtype = "float32"
+
+
+@dataclass
+class ModelConfig:
+    # resnet50_hayat: the paper's (7x7 stride-1 stem, no max-pool); resnet50: standard stem
+    # (about 16x cheaper); resnet18; small_cnn (demo); tiny_cnn (tests)
+    arch: Arch = "resnet50_hayat"
+    # redshift bins: equal bins on [0, z_max] (Pasquet et al. 2019, Hayat et al. 2021); must
+    # match the data file's bin_edges
+    n_bins: int = 180
+    z_max: float = 0.4
+    # width of the hidden fully connected layer before E(B-V) is concatenated
+    hidden: int = 1024
+
+
+@dataclass
+class LossConfig:
+    # L = CE + g_l2 ||theta||^2 + g_flux P_flux + g_inv P_inv + g_cde P_cde (SPEC 2)
+    g_l2: float = 1e-6  # paper Table 2
+    g_flux: float = 0.0  # spectrophotometric flux constraint; needs the file's flux_table
+    g_inv: float = 0.0  # D4 rotation + background-resampling invariance (second view per step)
+    g_cde: float = 0.0  # Izbicki & Lee CDE loss, density units
+    # random D4 element + background resampling of every training batch (the paper's
+    # "augmented" input pipeline)
+    augment: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # Adam learning rate (paper Table 2)
+    batch_size: int = 128  # galaxies per step (paper)
+    epochs: int = 50  # passes over the training split (paper)
+    # ReduceLROnPlateau on the validation cross entropy: lr *= factor after `patience` epochs
+    # without improvement (paper Table 2)
+    plateau_factor: float = 0.1
+    plateau_patience: int = 2
+    eval_batch_size: int = 512  # galaxies per forward pass when evaluating (no gradients)
+
+
+@dataclass
+class RunConfig:
+    # trial seed: weight init, batch order and augmentation draws (the data split has its own
+    # seed, stored in the data file)
+    seed: int = 0
+    device: Device = "auto"  # auto = cuda when available, else cpu
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # NHWC memory layout on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the model (CUDA; minutes of compile time)
+    compile_mode: str = "max-autotune-no-cudagraphs"  # torch.compile mode
+    threads: int = 0  # torch CPU threads; 0 = leave torch's default
+    progress: bool = True  # tqdm bar with loss terms and throughput
+
+
+@dataclass
+class Config:
+    preset: str = "paper"  # name of the preset the config started from (informational)
+    group: str = "baseline"  # name of the group the loss weights came from (informational)
+    data: DataConfig = field(default_factory=DataConfig)  # which galaxies
+    model: ModelConfig = field(default_factory=ModelConfig)  # which network
+    loss: LossConfig = field(default_factory=LossConfig)  # the objective (the group)
+    optim: OptimConfig = field(default_factory=OptimConfig)  # Adam + plateau schedule
+    run: RunConfig = field(default_factory=RunConfig)  # seed, device, speed switches
+
+
+SECTIONS = ("data", "model", "loss", "optim", "run")
+
+# Each preset: overrides of the defaults above (the defaults are the paper's Table 2).
+_PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
+    # the paper: Hayat's ResNet50 on a universe of the paper's size; 50 epochs of batch 128.
+    # Images as float16 on the GPU so that the 486k-galaxy training split fits with room for
+    # the stride-1 ResNet50's activations.
+    "paper": {"data.image_dtype": "float16"},
+    # standard ResNet50 stem (stride-2 conv + max-pool): about 16x fewer FLOPs
+    "fast": {"data.image_dtype": "float16", "model.arch": "resnet50"},
+    "resnet18": {"data.image_dtype": "float16", "model.arch": "resnet18"},
+    # a small CNN on a small universe: one trial in about a minute on one CPU thread
+    "demo": {
+        "data.universe_n": 4000,
+        "model.arch": "small_cnn",
+        "model.hidden": 128,
+        "optim.batch_size": 64,
+        "optim.epochs": 6,
+    },
+    # unit tests: seconds on a CPU
+    "tiny": {
+        "data.universe_n": 512,
+        "model.arch": "tiny_cnn",
+        "model.hidden": 32,
+        "optim.batch_size": 32,
+        "optim.epochs": 2,
+        "optim.eval_batch_size": 256,
+        "run.progress": False,
+    },
+}
+
+# Each group: the loss switches. The paper's three, then one constraint at a time.
+_GROUP_OVERRIDES: dict[str, dict[str, Any]] = {
+    "baseline": {"loss.augment": False},
+    "baseline_aug": {"loss.augment": True},
+    "constrained": {"loss.augment": True, "loss.g_flux": 0.1, "loss.g_inv": 0.1, "loss.g_cde": 0.1},
+    "flux_only": {"loss.augment": True, "loss.g_flux": 0.1},
+    "inv_only": {"loss.augment": True, "loss.g_inv": 0.1},
+    "cde_only": {"loss.augment": True, "loss.g_cde": 0.1},
+    "custom": {},
+}
+
+
+def make_config(
+    preset: str = "paper",
+    group: str = "baseline",
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """The config of a named preset and group with a trial seed and ``section.field`` overrides."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if group not in GROUP_LABELS:
+        raise UserError(f"unknown group {group!r}; choose one of {', '.join(GROUP_LABELS)}")
+    cfg = Config(preset=preset, group=group)
+    cfg = apply_overrides(cfg, _PRESET_OVERRIDES[preset])
+    cfg = apply_overrides(cfg, _GROUP_OVERRIDES[group])
+    cfg = apply_overrides(cfg, {"run.seed": seed})
+    return apply_overrides(cfg, overrides or {})
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Nested plain dict (YAML/JSON-ready) of a config."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: dict[str, Any], where: str = "config") -> Config:
+    """Config from a nested dict such as a ``config.yaml``; missing fields keep the defaults.
+
+    The dict's ``preset`` and ``group`` (default ``paper`` / ``baseline``) are applied first, then
+    every other field in it, so a partial dict overrides only what it names.
+
+    Raises:
+        UserError: an unknown preset, group, section or field, or a value of the wrong type.
+    """
+    if not isinstance(d, dict):
+        raise UserError(f"{where}: expected a mapping of sections, got {type(d).__name__}")
+    flat: dict[str, Any] = {}
+    for key, value in d.items():
+        if key in ("preset", "group"):
+            continue
+        if key not in SECTIONS:
+            raise UserError(
+                f"{where}: unknown section {key!r}; sections are preset, group, {', '.join(SECTIONS)}"
+            )
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: section {key!r} must be a mapping of fields")
+        for name, v in value.items():
+            flat[f"{key}.{name}"] = v
+    cfg = make_config(
+        _str_field(d, "preset", "paper", where), _str_field(d, "group", "baseline", where)
+    )
+    return apply_overrides(cfg, flat, where=where)
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any], where: str = "--set") -> Config:
+    """A copy of ``cfg`` with ``{"section.field": value}`` applied, type-checked field by field.
+
+    Values may be native (from YAML or code) or strings (from the command line: ``"3e-4"``,
+    ``"true"``, ``"none"``), which are parsed according to the field's type.
+
+    Raises:
+        UserError: naming the unknown field or the value of the wrong type.
+    """
+    sections = {name: dataclasses.replace(getattr(cfg, name)) for name in SECTIONS}
+    for key, value in overrides.items():
+        if key in ("preset", "group"):
+            raise UserError(f"{where}: {key} cannot be overridden; choose it with --{key}")
+        section, _, name = key.partition(".")
+        if section not in sections or not name:
+            raise UserError(
+                f"{where}: unknown field {key!r}; use section.field with section one of {', '.join(SECTIONS)}"
+            )
+        hints = _field_types(type(sections[section]))
+        if name not in hints:
+            raise UserError(
+                f"{where}: unknown field {key!r}; fields of {section} are {', '.join(hints)}"
+            )
+        setattr(sections[section], name, _coerce(value, hints[name], key, where))
+    out = Config(preset=cfg.preset, group=cfg.group, **sections)
+    _check_ranges(out, where)
+    return out
+
+
+def load_yaml(path: str | Path, *, preset: str | None = None, group: str | None = None) -> Config:
+    """Config from a (possibly partial) YAML file, e.g. a run's ``config.yaml``.
+
+    ``preset`` / ``group``, when given (the CLI's ``--preset`` / ``--group``), replace the file's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found; fix the path")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: expected a mapping of sections")
+    d = dict(d)
+    if preset is not None:
+        d["preset"] = preset
+    if group is not None:
+        d["group"] = group
+    return config_from_dict(d, where=str(path))
+
+
+def save_yaml(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config (every field) as YAML."""
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
+    Path(path).write_text(text)
+
+
+def parse_set(items: list[str]) -> dict[str, str]:
+    """``["optim.lr=3e-4", ...]`` -> ``{"optim.lr": "3e-4"}`` (values parsed later by type)."""
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UserError(f"--set {item!r}: expected section.field=value, e.g. optim.lr=3e-4")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _check_ranges(cfg: Config, where: str) -> None:
+    checks = [
+        ("data.universe_n", cfg.data.universe_n >= 3, ">= 3"),
+        ("model.n_bins", cfg.model.n_bins >= 2, ">= 2"),
+        ("model.z_max", cfg.model.z_max > 0, "> 0"),
+        ("model.hidden", cfg.model.hidden >= 1, ">= 1"),
+        ("optim.lr", cfg.optim.lr > 0, "> 0"),
+        ("optim.batch_size", cfg.optim.batch_size >= 2, ">= 2 (batch norm)"),
+        ("optim.epochs", cfg.optim.epochs >= 1, ">= 1"),
+        ("optim.plateau_factor", 0 < cfg.optim.plateau_factor < 1, "in (0, 1)"),
+        ("optim.plateau_patience", cfg.optim.plateau_patience >= 0, ">= 0"),
+        ("optim.eval_batch_size", cfg.optim.eval_batch_size >= 1, ">= 1"),
+        ("run.threads", cfg.run.threads >= 0, ">= 0"),
+    ]
+    checks += [
+        (f"loss.{g}", getattr(cfg.loss, g) >= 0, ">= 0")
+        for g in ("g_l2", "g_flux", "g_inv", "g_cde")
+    ]
+    for key, ok, rule in checks:
+        if not ok:
+            section, name = key.split(".")
+            value = getattr(getattr(cfg, section), name)
+            raise UserError(f"{where}: {key}={value!r} must be {rule}")
+
+
+def _str_field(d: dict[str, Any], key: str, default: str, where: str) -> str:
+    value = d.get(key, default)
+    if not isinstance(value, str):
+        raise UserError(f"{where}: {key} must be a string, got {value!r}")
+    return value
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """``value`` as type ``tp`` (bool, int, float, str, Literal[...], X | None) or UserError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args and (
+            value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~"))
+        ):
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key, where)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise UserError(
+                f"{where}: {key}={value!r} is not one of {', '.join(map(str, choices))}"
+            )
+        return value
+    bad = UserError(f"{where}: {key}={value!r} is not a {tp.__name__}; fix the value")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    raise TypeError(f"unsupported config field type {tp!r} for {key}")
