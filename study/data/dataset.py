@@ -1,0 +1,620 @@
+"""The photoz-study/1 HDF5 file: write it, validate it, and load a split onto a device.
+
+Layout (SPEC 5): ``images`` (N, 5, 64, 64) float32/float16 nanomaggies, ``zs`` float64 (N,),
+``ebv`` float32 (N,), ``flux`` float32 (N, 5) (NaN where unknown), optional ``flux_table``
+float32 (N, 5, C), ``split`` uint8 (N,) (0 train, 1 validation, 2 test), ``id`` int64 (N,),
+optional group ``truth/`` (synthetic data only). File attributes: ``format``, ``bands``,
+``bin_edges``, ``pixel_scale_arcsec``, ``source``, ``data_seed``, ``content_hash``.
+
+Identical content gives a byte-identical file: no timestamps (``track_times=False``), fixed
+chunk shapes, chunks allocated at creation (so the layout does not depend on write order),
+attributes written in a fixed order. ``content_hash`` is a SHA-256 over every dataset's name,
+dtype, shape and bytes and over the other attributes, so it depends on content only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from study.errors import UserError
+
+FORMAT = "photoz-study/1"
+BANDS = "ugriz"
+SOURCES = ("synthetic", "pasquet", "dey", "hayat")
+SPLITS = {"train": 0, "val": 1, "test": 2}
+IMAGE_SHAPE = (5, 64, 64)
+IMAGE_CHUNK = 32  # galaxies per HDF5 chunk of `images`: 32 x 80 KiB = 2.6 MB (float32)
+READ_ROWS = 4096  # galaxies per read when scanning or loading: ~330 MB of float32 images
+_CORE = ("images", "zs", "ebv", "flux", "split", "id")
+
+
+@dataclass
+class DatasetInfo:
+    """What a training run needs to know about a file, read from its attributes and `split`."""
+
+    path: Path
+    n: int
+    bin_edges: np.ndarray = field(repr=False)  # (C+1,), redshift
+    n_bins: int
+    has_flux_table: bool
+    split_counts: dict[str, int]
+    source: str
+    data_seed: int
+    content_hash: str
+    image_dtype: str  # "float32" or "float16"
+    pixel_scale_arcsec: float = 0.396
+    truth_fields: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SplitData:
+    """One split held on a device: images (n, 5, 64, 64), ebv (n,), zs (n,), flux_table (n, 5, C)."""
+
+    images: torch.Tensor
+    ebv: torch.Tensor
+    zs: torch.Tensor
+    flux_table: torch.Tensor | None
+    ids: np.ndarray  # (n,) int64
+    index: np.ndarray  # (n,) int64 row numbers in the file
+
+    def __len__(self) -> int:
+        return int(self.zs.shape[0])
+
+
+def draw_split(
+    n: int, data_seed: int, test_frac: float = 0.2, n_val: int = 20000, val_frac: float = 0.04
+) -> np.ndarray:
+    """Draw the train/validation/test split, fixed by the data seed alone.
+
+    ``ceil(test_frac * n)`` galaxies go to test (121,543 of 607,712 as in the paper); validation
+    takes ``min(n_val, ceil(val_frac * n))`` of the rest (20,000 for the paper's set, 4% of a
+    small set); the remainder trains.
+
+    Returns:
+        uint8 (n,): 0 train, 1 validation, 2 test.
+    """
+    if n < 3:
+        raise UserError(f"a split needs at least 3 galaxies, got n={n}; use a larger input")
+    perm = np.random.default_rng(int(data_seed)).permutation(n)
+    n_test = min(n - 2, max(1, int(np.ceil(test_frac * n))))
+    n_v = min(n - n_test - 1, n_val, max(1, int(np.ceil(val_frac * n))))
+    split = np.zeros(n, np.uint8)
+    split[perm[:n_test]] = 2
+    split[perm[n_test : n_test + n_v]] = 1
+    return split
+
+
+def _dcpl(chunks: tuple[int, ...] | None) -> h5py.h5p.PropDCID:
+    """Dataset creation properties: no timestamps, chunks allocated up front in index order."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    if chunks is not None:
+        dcpl.set_chunk(chunks)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    dcpl.set_obj_track_times(False)
+    return dcpl
+
+
+def _check_edges(bin_edges: Any, where: str) -> np.ndarray:
+    edges = np.asarray(bin_edges, np.float64)
+    if edges.ndim != 1 or edges.size < 2 or not np.all(np.isfinite(edges)):
+        raise UserError(f"{where}: field 'bin_edges' must be a finite 1-D array of >= 2 edges")
+    bad = np.flatnonzero(np.diff(edges) <= 0)
+    if bad.size or edges[0] < 0:
+        i = int(bad[0]) + 1 if bad.size else 0
+        raise UserError(
+            f"{where}: field 'bin_edges' is not increasing from >= 0 at index {i}; "
+            "pass strictly increasing redshift edges"
+        )
+    return edges
+
+
+class DatasetWriter:
+    """Stream a photoz-study/1 file in row chunks; atomic (temp name, renamed on success).
+
+    Use as a context manager. ``write(start, ...)`` fills rows ``[start, start + m)``; every row
+    must be written once before the context exits. On an exception the temporary file is
+    deleted and nothing appears at ``path``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        n: int,
+        *,
+        bin_edges: Any,
+        source: str,
+        data_seed: int,
+        pixel_scale_arcsec: float = 0.396,
+        image_dtype: str = "float32",
+        with_flux_table: bool = False,
+        truth: dict[str, tuple[tuple[int, ...], Any]] | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise UserError(f"{self.path}: output exists; choose another --out or pass --force")
+        if n < 1:
+            raise UserError(f"{self.path}: field 'n' must be >= 1, got {n}")
+        if image_dtype not in ("float32", "float16"):
+            raise UserError(f"image_dtype must be 'float32' or 'float16', got {image_dtype!r}")
+        if source not in SOURCES:
+            raise UserError(f"source must be one of {SOURCES}, got {source!r}")
+        self.n = int(n)
+        self.edges = _check_edges(bin_edges, str(self.path))
+        self.attrs: dict[str, Any] = {
+            "format": FORMAT,
+            "bands": BANDS,
+            "bin_edges": self.edges,
+            "pixel_scale_arcsec": float(pixel_scale_arcsec),
+            "source": source,
+            "data_seed": int(data_seed),
+        }
+        c = self.edges.size - 1
+        self.specs: dict[str, tuple[tuple[int, ...], np.dtype, tuple[int, ...] | None]] = {
+            "images": (
+                (n, *IMAGE_SHAPE),
+                np.dtype(image_dtype),
+                (min(n, IMAGE_CHUNK), *IMAGE_SHAPE),
+            ),
+            "zs": ((n,), np.dtype("<f8"), None),
+            "ebv": ((n,), np.dtype("<f4"), None),
+            "flux": ((n, 5), np.dtype("<f4"), None),
+            "split": ((n,), np.dtype("u1"), None),
+            "id": ((n,), np.dtype("<i8"), None),
+        }
+        if with_flux_table:
+            self.specs["flux_table"] = ((n, 5, c), np.dtype("<f4"), None)
+        for name, (shape, dtype) in sorted((truth or {}).items()):
+            self.specs[f"truth/{name}"] = ((n, *tuple(shape)), np.dtype(dtype), None)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.file: h5py.File | None = None
+        self.written = np.zeros(n, bool)
+        self._next = 0  # rows written in order so far: hash on the fly while writes are in order
+        self._hashers = {name: hashlib.sha256() for name in self.specs}
+
+    def __enter__(self) -> DatasetWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = h5py.File(self.tmp, "w", track_order=False)
+        for name, (shape, dtype, chunks) in self.specs.items():
+            if name.startswith("truth/") and "truth" not in self.file:
+                self.file.create_group("truth", track_times=False)
+            space = h5py.h5s.create_simple(shape)
+            tid = h5py.h5t.py_create(dtype, logical=True)
+            h5py.h5d.create(self.file.id, name.encode(), tid, space, dcpl=_dcpl(chunks))
+        return self
+
+    def write(
+        self,
+        start: int,
+        *,
+        images: np.ndarray,
+        zs: np.ndarray,
+        ebv: np.ndarray,
+        flux: np.ndarray,
+        split: np.ndarray,
+        ids: np.ndarray,
+        flux_table: np.ndarray | None = None,
+        truth: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """Write rows ``[start, start + len(zs))``; arrays are cast to the stored dtypes."""
+        assert self.file is not None, "use DatasetWriter as a context manager"
+        m = len(zs)
+        rows: dict[str, Any] = {"images": images, "zs": zs, "ebv": ebv, "flux": flux}
+        rows |= {"split": split, "id": ids}
+        if "flux_table" in self.specs:
+            if flux_table is None:
+                raise ValueError("this writer has a flux_table: pass flux_table=")
+            rows["flux_table"] = flux_table
+        for name, value in (truth or {}).items():
+            rows[f"truth/{name}"] = value
+        missing = [k for k in self.specs if k not in rows]
+        if missing or not 0 <= start <= self.n - m:
+            raise ValueError(f"write({start}, m={m}): missing {missing} or rows out of range")
+        for name, value in rows.items():
+            shape, dtype, _ = self.specs[name]
+            arr = np.ascontiguousarray(np.asarray(value).astype(dtype, copy=False))
+            if arr.shape != (m, *shape[1:]):
+                raise ValueError(f"{name}: shape {arr.shape}, expected {(m, *shape[1:])}")
+            if name == "images" and dtype == np.float16:
+                self._check_float16(start, np.asarray(value), arr)
+            self.file[name][start : start + m] = arr
+            if start == self._next:
+                self._hashers[name].update(arr.tobytes())
+        self._next = self._next + m if start == self._next else -1
+        self.written[start : start + m] = True
+
+    def _check_float16(self, start: int, src: np.ndarray, arr: np.ndarray) -> None:
+        bad = np.isinf(arr) & np.isfinite(src)
+        if bad.any():
+            i = start + int(np.argwhere(bad)[0][0])
+            raise UserError(
+                f"{self.path}: field 'images' overflows float16 at index {i}; "
+                "use image_dtype float32 (--dtype float32)"
+            )
+
+    def _content_hash(self) -> str:
+        assert self.file is not None
+        h = hashlib.sha256()
+        for name in sorted(self.specs):
+            shape, dtype, _ = self.specs[name]
+            if self._next != self.n:  # out-of-order writes: hash by re-reading the file
+                self._hashers[name] = _hash_dataset(self.file[name])
+            h.update(f"{name}|{dtype.str}|{shape}|".encode())
+            h.update(self._hashers[name].digest())
+        for key, value in self.attrs.items():
+            h.update(f"{key}={_attr_bytes(value).hex()};".encode())
+        return h.hexdigest()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self.file is not None
+        try:
+            if exc_type is None:
+                if not self.written.all():
+                    i = int(np.argmin(self.written))
+                    raise ValueError(f"{self.path}: row {i} was never written")
+                for key, value in self.attrs.items():
+                    self.file.attrs[key] = value
+                self.file.attrs["content_hash"] = self._content_hash()
+            self.file.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+        finally:
+            if self.tmp.exists():
+                self.file.close()
+                self.tmp.unlink()
+
+
+def _hash_dataset(ds: h5py.Dataset) -> Any:
+    h = hashlib.sha256()
+    for s in range(0, ds.shape[0], READ_ROWS):
+        h.update(np.ascontiguousarray(ds[s : s + READ_ROWS]).tobytes())
+    return h
+
+
+def write_dataset(
+    path: str | os.PathLike,
+    *,
+    images: np.ndarray,
+    zs: np.ndarray,
+    ebv: np.ndarray,
+    flux: np.ndarray,
+    split: np.ndarray,
+    ids: np.ndarray,
+    bin_edges: Any,
+    source: str,
+    data_seed: int,
+    flux_table: np.ndarray | None = None,
+    truth: dict[str, np.ndarray] | None = None,
+    **kwargs: Any,
+) -> Path:
+    """Write a whole dataset in one chunk (small sets and tests); kwargs go to DatasetWriter."""
+    truth_spec = {k: (v.shape[1:], v.dtype) for k, v in (truth or {}).items()}
+    with DatasetWriter(
+        path,
+        len(zs),
+        bin_edges=bin_edges,
+        source=source,
+        data_seed=data_seed,
+        with_flux_table=flux_table is not None,
+        truth=truth_spec,
+        **kwargs,
+    ) as w:
+        w.write(
+            0,
+            images=images,
+            zs=zs,
+            ebv=ebv,
+            flux=flux,
+            split=split,
+            ids=ids,
+            flux_table=flux_table,
+            truth=truth,
+        )
+    return Path(path)
+
+
+def _open(path: str | os.PathLike) -> h5py.File:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(
+            f"{p}: no such file; check the path or build one with "
+            "`python -m study.data convert` / `python -m study.data universe`"
+        )
+    try:
+        return h5py.File(p, "r")
+    except OSError as e:
+        raise UserError(
+            f"{p}: not a readable HDF5 file ({str(e).splitlines()[0][:80]}); "
+            "the file is truncated or corrupt: rebuild or re-copy it"
+        ) from None
+
+
+_DTYPES = {
+    "zs": ("float64",),
+    "ebv": ("float32",),
+    "flux": ("float32",),
+    "split": ("uint8",),
+    "id": ("int64",),
+    "images": ("float32", "float16"),
+    "flux_table": ("float32",),
+}
+_REBUILD = "rebuild it with `python -m study.data convert` or `python -m study.data universe`"
+
+
+def _structure(f: h5py.File, p: Path) -> DatasetInfo:
+    """Check attributes, dataset presence, dtypes and shapes (cheap: reads only `split`)."""
+    for key in ("format", "bands", "bin_edges", "pixel_scale_arcsec", "source", "data_seed"):
+        if key not in f.attrs:
+            raise UserError(f"{p}: file attribute '{key}' is missing; {_REBUILD}")
+    fmt = f.attrs["format"]
+    if fmt != FORMAT:
+        raise UserError(f"{p}: attribute 'format' is {fmt!r}, expected {FORMAT!r}; {_REBUILD}")
+    if f.attrs["bands"] != BANDS:
+        raise UserError(f"{p}: attribute 'bands' is {f.attrs['bands']!r}, expected 'ugriz'")
+    edges = _check_edges(f.attrs["bin_edges"], str(p))
+    for name in (*_CORE, "flux_table"):
+        if name not in f:
+            if name == "flux_table":
+                continue
+            raise UserError(f"{p}: dataset '{name}' is missing; {_REBUILD}")
+        if not isinstance(f[name], h5py.Dataset) or f[name].dtype.name not in _DTYPES[name]:
+            got = getattr(f[name], "dtype", "a group")
+            raise UserError(
+                f"{p}: dataset '{name}' has dtype {got}, expected {'/'.join(_DTYPES[name])}; {_REBUILD}"
+            )
+    n = f["zs"].shape[0] if f["zs"].ndim == 1 else -1
+    c = edges.size - 1
+    expect = {
+        "images": (n, *IMAGE_SHAPE),
+        "zs": (n,),
+        "ebv": (n,),
+        "flux": (n, 5),
+        "split": (n,),
+        "id": (n,),
+        "flux_table": (n, 5, c),
+    }
+    for name, shape in expect.items():
+        if name in f and f[name].shape != shape:
+            raise UserError(
+                f"{p}: dataset '{name}' has shape {f[name].shape}, expected {shape} "
+                f"(N={n} from 'zs', C={c} from 'bin_edges'); {_REBUILD}"
+            )
+    if n < 1:
+        raise UserError(f"{p}: dataset 'zs' is empty; {_REBUILD}")
+    split = f["split"][:]
+    counts = {name: int(np.count_nonzero(split == code)) for name, code in SPLITS.items()}
+    truth = sorted(f["truth"].keys()) if "truth" in f else []
+    return DatasetInfo(
+        path=p,
+        n=n,
+        bin_edges=edges,
+        n_bins=c,
+        has_flux_table="flux_table" in f,
+        split_counts=counts,
+        source=str(f.attrs["source"]),
+        data_seed=int(f.attrs["data_seed"]),
+        content_hash=str(f.attrs.get("content_hash", "")),
+        image_dtype=f["images"].dtype.name,
+        pixel_scale_arcsec=float(f.attrs["pixel_scale_arcsec"]),
+        truth_fields=truth,
+    )
+
+
+def read_info(path: str | os.PathLike) -> DatasetInfo:
+    """Read a file's summary, checking its attributes, datasets, dtypes and shapes (not pixels)."""
+    with _open(path) as f:
+        return _structure(f, Path(path))
+
+
+def _blocks(ds: h5py.Dataset, p: Path) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (start, rows) in blocks of READ_ROWS; a read failure is a corrupt-file UserError."""
+    for s in range(0, ds.shape[0], READ_ROWS):
+        try:
+            yield s, ds[s : s + READ_ROWS]
+        except OSError as e:
+            raise UserError(
+                f"{p}: dataset '{ds.name.lstrip('/')}' cannot be read near index {s} "
+                f"({str(e).splitlines()[0][:60]}); the file is corrupt: {_REBUILD}"
+            ) from None
+
+
+def _first_bad(p: Path, name: str, bad: np.ndarray, start: int, what: str, fix: str) -> None:
+    if bad.any():
+        i = start + int(np.argwhere(bad)[0][0])
+        raise UserError(f"{p}: dataset '{name}' {what} at index {i}; {fix}")
+
+
+def validate(path: str | os.PathLike, check_hash: bool = True) -> DatasetInfo:
+    """Check everything a training run relies on; raise a UserError naming the first problem.
+
+    Checked: the format attributes; every dataset present with its dtype and shape (N rows
+    everywhere, C = len(bin_edges) - 1 bins); bin edges strictly increasing from >= 0; images
+    finite; ``bin_edges[0] <= zs <= bin_edges[-1]``; ``ebv`` finite and >= 0; ``flux`` finite or
+    NaN (unknown), never inf; ``split`` in {0, 1, 2} with all three splits non-empty; ``id``
+    unique; ``flux_table`` finite, except that a whole band row ``flux_table[i, b, :]`` may be
+    NaN, meaning band b is unusable for galaxy i (its Phi'_b(1) <= 0): the flux loss masks such
+    rows. With ``check_hash`` the content is re-hashed and compared with ``content_hash``.
+    Each message names the file, the dataset, the first bad index and the fix.
+    """
+    p = Path(path)
+    with _open(p) as f:
+        info = _structure(f, p)
+        edges = info.bin_edges
+        hashes = {}
+        names = sorted(k for k in (*_CORE, "flux_table") if k in f)
+        names += [f"truth/{k}" for k in info.truth_fields]
+        for name in sorted(names):
+            h = hashlib.sha256()
+            for s, a in _blocks(f[name], p):
+                h.update(np.ascontiguousarray(a).tobytes())
+                _check_rows(p, name, s, a, edges)
+            hashes[name] = h
+        counts = info.split_counts
+        for split, k in counts.items():
+            if k == 0:
+                raise UserError(
+                    f"{p}: dataset 'split' has no '{split}' rows; redraw it with "
+                    "`python -m study.data split FILE --data-seed S --out NEW`"
+                )
+        ids = f["id"][:]
+        order = np.argsort(ids, kind="stable")
+        dup = np.flatnonzero(np.diff(ids[order]) == 0)
+        if dup.size:
+            i = int(order[dup[0] + 1])
+            raise UserError(
+                f"{p}: dataset 'id' repeats id {ids[i]} at index {i}; ids must be unique"
+            )
+        if check_hash:
+            digest = hashlib.sha256()
+            for name in sorted(hashes):
+                ds = f[name]
+                digest.update(f"{name}|{ds.dtype.str}|{ds.shape}|".encode())
+                digest.update(hashes[name].digest())
+            for key in (
+                "format",
+                "bands",
+                "bin_edges",
+                "pixel_scale_arcsec",
+                "source",
+                "data_seed",
+            ):
+                value = f.attrs[key]
+                value = edges if key == "bin_edges" else value
+                digest.update(f"{key}={_attr_bytes(value).hex()};".encode())
+            if digest.hexdigest() != info.content_hash:
+                raise UserError(
+                    f"{p}: attribute 'content_hash' does not match the content (modified or "
+                    f"corrupt file); {_REBUILD}"
+                )
+    return info
+
+
+def _attr_bytes(value: Any) -> bytes:
+    """Bytes of an attribute as written: str as UTF-8, numbers in their numpy form."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        return np.asarray(value).tobytes()
+    return np.asarray(value).tobytes()
+
+
+def _check_rows(p: Path, name: str, s: int, a: np.ndarray, edges: np.ndarray) -> None:
+    """Content checks of one block of rows ``[s, s + len(a))`` of dataset ``name``."""
+    regen = "fix the source data and convert again"
+    if name == "images":
+        bad = ~np.isfinite(a).reshape(len(a), -1).all(axis=1)
+        _first_bad(p, name, bad, s, "has NaN/inf pixels", regen)
+    elif name == "zs":
+        bad = ~((a >= edges[0]) & (a <= edges[-1]))
+        _first_bad(
+            p,
+            name,
+            bad,
+            s,
+            f"is NaN or outside [{edges[0]:g}, {edges[-1]:g}]",
+            "drop those galaxies or widen the bins",
+        )
+    elif name == "ebv":
+        _first_bad(p, name, ~(a >= 0) | ~np.isfinite(a), s, "is NaN, inf or negative", regen)
+    elif name == "flux":
+        _first_bad(p, name, np.isinf(a).any(axis=1), s, "is infinite (use NaN for unknown)", regen)
+    elif name == "split":
+        _first_bad(p, name, a > 2, s, "is not 0/1/2", "redraw it with `python -m study.data split`")
+    elif name == "flux_table":
+        nan = np.isnan(a)
+        partial = nan.any(axis=2) & ~nan.all(axis=2)
+        bad = partial.any(axis=1) | np.isinf(a).any(axis=(1, 2))
+        _first_bad(
+            p,
+            name,
+            bad,
+            s,
+            "has inf or a partly-NaN band row (only whole-row NaN is allowed)",
+            "rebuild the flux table from the spectra (--spectra)",
+        )
+
+
+def load_split(
+    path: str | os.PathLike,
+    split: str,
+    device: str | torch.device = "cpu",
+    image_dtype: torch.dtype = torch.float32,
+) -> SplitData:
+    """Load one split onto ``device`` in one go, reading the file in blocks of READ_ROWS rows.
+
+    Args:
+        path: a photoz-study/1 file (structure checked; run ``validate`` once for the content).
+        split: "train", "val" or "test".
+        device: where the tensors live (the whole split stays there during training).
+        image_dtype: torch.float32 or torch.float16 for ``images`` (float16 halves the memory).
+    """
+    if split not in SPLITS:
+        raise UserError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
+    p = Path(path)
+    device = torch.device(device)
+    with _open(p) as f:
+        info = _structure(f, p)
+        index = np.flatnonzero(f["split"][:] == SPLITS[split]).astype(np.int64)
+        n = index.size
+        images = torch.empty((n, *IMAGE_SHAPE), dtype=image_dtype, device=device)
+        _gather(f["images"], index, images, p)
+        table = None
+        if info.has_flux_table:
+            table = torch.empty((n, 5, info.n_bins), dtype=torch.float32, device=device)
+            _gather(f["flux_table"], index, table, p)
+        zs = torch.from_numpy(f["zs"][:][index].astype(np.float32)).to(device)
+        ebv = torch.from_numpy(f["ebv"][:][index]).to(device)
+        ids = f["id"][:][index]
+    return SplitData(images=images, ebv=ebv, zs=zs, flux_table=table, ids=ids, index=index)
+
+
+def _gather(ds: h5py.Dataset, index: np.ndarray, out: torch.Tensor, p: Path) -> None:
+    """Copy rows ``index`` (sorted) of ``ds`` into ``out``, reading contiguous blocks."""
+    if index.size == 0:
+        return
+    k = 0
+    for s in range(int(index[0]) - int(index[0]) % READ_ROWS, int(index[-1]) + 1, READ_ROWS):
+        lo, hi = np.searchsorted(index, [s, s + READ_ROWS])
+        if hi == lo:
+            continue
+        e = int(index[hi - 1]) + 1
+        try:
+            block = ds[s:e]
+        except OSError:
+            raise UserError(
+                f"{p}: dataset '{ds.name.lstrip('/')}' cannot be read near index {s}; "
+                f"the file is corrupt: {_REBUILD}"
+            ) from None
+        rows = torch.from_numpy(np.ascontiguousarray(block[index[lo:hi] - s]))
+        out[k : k + hi - lo].copy_(rows)
+        k += hi - lo
+
+
+def batch_indices(
+    n: int,
+    batch_size: int,
+    generator: torch.Generator,
+    shuffle: bool = True,
+    drop_last: bool = False,
+) -> list[torch.Tensor]:
+    """Index tensors for one epoch (on the generator's device), from one ``torch.randperm``."""
+    dev = generator.device
+    order = (
+        torch.randperm(n, generator=generator, device=dev)
+        if shuffle
+        else torch.arange(n, device=dev)
+    )
+    batches = list(torch.split(order, batch_size))
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
