@@ -239,5 +239,5 @@ def _fmt(x: float, digits: int) -> str:
     if x == 0:
         return "0"
     if 0.01 <= abs(x) < 1000:
-        return f"{x:.{digits}g}"
+        return np.format_float_positional(x, precision=digits, fractional=False, trim="-")
     return f"{x:.{max(digits - 1, 0)}e}"
