@@ -1,0 +1,139 @@
+"""Augmentations on the training device, batched: random D4 and background resampling (SPEC 2).
+
+All functions take images ``x`` (B, 5, H, W) in nanomaggies per pixel and a ``torch.Generator``
+on ``x.device`` (the trial's generator, so a seed reproduces the draws). Nothing loops over
+images in Python.
+
+D4 element ``(k, flip)``: rotate by k * 90 degrees (``torch.rot90(x, k, dims=(-2, -1))``),
+then, if ``flip``, mirror left-right (``torch.flip(x, dims=(-1,))``). Elements are applied as
+one gather with a per-sample pixel permutation, so they are exact (no interpolation).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def d4_permutations(size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(8, size * size) flat pixel indices: row ``k + 4 * flip`` is the element (k, flip).
+
+    ``out.flatten()[j] = x.flatten()[perm[j]]``, found by applying the element to the index
+    image itself.
+    """
+    idx = torch.arange(size * size, device=device).reshape(size, size)
+    rows = []
+    for flip in (False, True):
+        for k in range(4):
+            r = torch.rot90(idx, k, dims=(0, 1))
+            rows.append((r.flip(-1) if flip else r).reshape(-1))
+    return torch.stack(rows)
+
+
+def d4(x: torch.Tensor, k: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Apply the D4 element (k quarter turns, then optional left-right flip) to each sample.
+
+    Args:
+        x: (B, C, H, W) with H == W.
+        k: (B,) integers (taken mod 4).
+        flip: (B,) booleans.
+
+    Returns:
+        (B, C, H, W), a pixel permutation of each image.
+    """
+    b, c, h, w = x.shape
+    if h != w:
+        raise ValueError(f"d4: images must be square, got {h}x{w}")
+    perms = d4_permutations(h, x.device)  # (8, H*W)
+    element = (k.to(x.device).long() % 4) + 4 * flip.to(x.device).long()  # (B,)
+    index = perms[element][:, None, :].expand(b, c, h * w)  # (B, C, H*W)
+    return x.reshape(b, c, h * w).gather(2, index).reshape(b, c, h, w)
+
+
+def random_d4(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Apply one uniformly drawn D4 element per sample."""
+    element = torch.randint(0, 8, (x.shape[0],), generator=generator, device=x.device)
+    return d4(x, element % 4, element >= 4)
+
+
+def sigma_clipped_stats(
+    x: torch.Tensor, clip: float = 3.0, iters: int = 3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sigma-clipped mean and std over the last two dims, the way astropy computes them.
+
+    As ``astropy.stats.sigma_clipped_stats(data, sigma=clip, maxiters=iters)`` with its
+    defaults (centre: median, spread: population std): each iteration keeps the pixels with
+    ``median - clip * std <= v <= median + clip * std`` among the pixels kept so far; the
+    result is the mean and std (ddof 0) of the final kept set. (astropy stops early once
+    nothing changes; later iterations would change nothing either.)
+
+    The kept set is always an interval of values, i.e. a run ``[start, stop)`` of the sorted
+    pixels, so one sort and float64 prefix sums give each iteration's exact median, mean and
+    std in O(1) per image and band.
+
+    Args:
+        x: (..., H, W).
+
+    Returns:
+        mean, std: each of shape (...), float64.
+    """
+    srt, _ = x.flatten(-2).double().sort(dim=-1)  # (..., N)
+    zero = torch.zeros_like(srt[..., :1])
+    csum = torch.cat([zero, srt.cumsum(-1)], -1)  # (..., N + 1); csum[i] = sum of srt[:i]
+    csq = torch.cat([zero, (srt * srt).cumsum(-1)], -1)
+    start = torch.zeros_like(srt[..., :1], dtype=torch.long)  # (..., 1)
+    stop = torch.full_like(start, srt.shape[-1])
+
+    def run_stats(start: torch.Tensor, stop: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = (stop - start).clamp(min=1)
+        total = csum.gather(-1, stop) - csum.gather(-1, start)
+        total_sq = csq.gather(-1, stop) - csq.gather(-1, start)
+        mean = total / n
+        var = (total_sq / n - mean * mean).clamp(min=0.0)
+        return n, mean, var.sqrt()
+
+    for _ in range(iters):
+        n, _, std = run_stats(start, stop)
+        median = 0.5 * (srt.gather(-1, start + (n - 1) // 2) + srt.gather(-1, start + n // 2))
+        lo, hi = median - clip * std, median + clip * std
+        # astropy clips cumulatively: the new run lies inside the old one.
+        start = torch.maximum(start, torch.searchsorted(srt, lo, side="left"))
+        stop = torch.minimum(stop, torch.searchsorted(srt, hi, side="right"))
+        stop = torch.maximum(stop, start + 1)  # never empty (only possible when std is 0)
+    _, mean, std = run_stats(start, stop)
+    return mean.squeeze(-1), std.squeeze(-1)
+
+
+def resample_background(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    n_sigma: float = 1.0,
+    clip: float = 3.0,
+    iters: int = 3,
+) -> torch.Tensor:
+    """Replace background pixels with fresh noise, per image and band (SPEC 2).
+
+    With mu, s the sigma-clipped mean and std of a band's pixels (``sigma_clipped_stats``),
+    pixels below ``mu + n_sigma * s`` are background and become draws from N(mu, s^2); the
+    others (the sources) are kept exactly.
+
+    Args:
+        x: (B, C, H, W) images.
+        generator: on x.device.
+        n_sigma: background threshold in units of s.
+        clip: sigma-clipping threshold.
+        iters: sigma-clipping iterations.
+
+    Returns:
+        (B, C, H, W), same dtype as x.
+    """
+    mean, std = sigma_clipped_stats(x, clip=clip, iters=iters)  # (B, C) each, float64
+    work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    mean, std = mean.to(work)[..., None, None], std.to(work)[..., None, None]
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=work)
+    background = x < mean + n_sigma * std
+    return torch.where(background, (mean + std * noise).to(x.dtype), x)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The training augmentation: ``resample_background(random_d4(x))``."""
+    return resample_background(random_d4(x, generator), generator)
