@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 
 from study.errors import UserError
@@ -167,6 +168,122 @@ def load_predictions(run_dir: str | Path) -> Predictions:
     # float16 storage: renormalise so each CDE sums to one again
     p /= np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
     return Predictions(p=p, zs=zs, ids=np.asarray(ids), edges=read_bin_edges(run_dir))
+
+
+def run_dataset(config: dict, run_dir: str | Path | None = None) -> Path:
+    """The dataset file a run was trained on: ``data.path``, the path its metrics.json
+    records, or the cached synthetic universe of the config's size (``study.train.resolve_data``)."""
+    path = (config.get("data") or {}).get("path")
+    if path and Path(path).is_file():
+        return Path(path)
+    if run_dir is not None and (Path(run_dir) / "metrics.json").is_file():
+        recorded = load_run_metrics(run_dir).get("data")
+        if recorded and Path(recorded).is_file():
+            return Path(recorded)
+    from study.config import config_from_dict
+    from study.train import resolve_data
+
+    return resolve_data(config_from_dict(config))
+
+
+def load_run(
+    run_dir: str | Path, *, device: str | torch.device = "cpu"
+) -> tuple[dict, torch.nn.Module]:
+    """(resolved config dict, trained model in eval mode on ``device``) of a run directory.
+
+    Reads ``config.yaml`` and the model state of ``checkpoint/state.pt`` (study.train's
+    checkpoint: a dict whose ``"model"`` entry is the state_dict).
+    """
+    from study.model import build_model
+
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    ckpt = run_dir / "checkpoint" / "state.pt"
+    if not ckpt.is_file():
+        raise UserError(f"{ckpt}: checkpoint is missing (was the run finished?); {_FIX}")
+    m = config.get("model", {})
+    model = build_model(
+        m.get("arch", "resnet50_hayat"),
+        n_bins=int(m.get("n_bins", 180)),
+        hidden=int(m.get("hidden", 1024)),
+    )
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    try:
+        model.load_state_dict(state["model"] if "model" in state else state)
+    except (RuntimeError, KeyError) as exc:
+        raise UserError(
+            f"{ckpt}: does not match model {m.get('arch')!r} of config.yaml; {_FIX}"
+        ) from exc
+    return config, model.to(device).eval()
+
+
+def read_rows(path: str | Path, rows: np.ndarray, *, device: str | torch.device = "cpu") -> dict:
+    """Rows of a photoz-study/1 file (any order): images, ebv, zs, flux_table (or None), id, edges.
+
+    Reads only those rows (sorted fancy indexing), so picking a dozen test galaxies of a
+    600k-galaxy file does not load the whole test split.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows)
+    back = np.argsort(order)  # undo the sort after reading
+    srt = rows[order]
+    try:
+        with h5py.File(path, "r") as f:
+            out = {k: f[k][srt][back] for k in ("images", "ebv", "zs", "id")}
+            out["flux_table"] = f["flux_table"][srt][back] if "flux_table" in f else None
+            edges = np.asarray(f.attrs["bin_edges"], dtype=np.float64)
+    except (OSError, KeyError) as exc:
+        raise UserError(
+            f"{path}: cannot read galaxy rows ({exc}); check the run's data file"
+        ) from exc
+    t = {
+        k: torch.as_tensor(np.asarray(v, dtype=np.float32), device=device)
+        for k, v in out.items()
+        if k != "id" and v is not None
+    }
+    t["flux_table"] = t.get("flux_table")
+    t["id"] = out["id"]
+    t["edges"] = torch.as_tensor(edges, dtype=torch.float32, device=device)
+    return t
+
+
+def first_test_rows(path: str | Path, n: int) -> np.ndarray:
+    """File rows of the first ``n`` test galaxies (split == 2)."""
+    with h5py.File(path, "r") as f:
+        return np.flatnonzero(f["split"][:] == 2)[:n]
+
+
+@torch.no_grad()
+def augmented_cdes(
+    run_dir: str | Path,
+    rows: np.ndarray,
+    *,
+    n_draws: int = 20,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CDEs of some galaxies under ``n_draws`` random D4 + background resamplings (App. H).
+
+    Args:
+        run_dir: a finished run (config.yaml and checkpoint/state.pt).
+        rows: row numbers of the galaxies in the run's data file (e.g. predictions.h5 ``index``).
+        n_draws: augmentations per galaxy (the paper: 20).
+        seed: seed of the augmentation draws (the same draws for every run).
+
+    Returns:
+        (p (G, n_draws, C), zs (G,), edges (C+1,)).
+    """
+    from study.augment import augment
+
+    config, model = load_run(run_dir, device=device)
+    data = read_rows(run_dataset(config, run_dir), rows, device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    g = data["zs"].shape[0]
+    x = data["images"].repeat_interleave(n_draws, dim=0)  # (G * n_draws, 5, 64, 64)
+    ebv = data["ebv"].repeat_interleave(n_draws, dim=0)
+    p = torch.softmax(model(augment(x, gen), ebv).float(), dim=1)
+    p = p.reshape(g, n_draws, -1).cpu().numpy()
+    return p, data["zs"].cpu().numpy().astype(np.float64), read_bin_edges(Path(run_dir))
 
 
 @dataclass
