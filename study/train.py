@@ -1,0 +1,613 @@
+"""Train one network on one dataset and write its run directory; ``python -m study.train``.
+
+One flat loop, airbench style: the training and validation splits live on the device, batches
+are index tensors into them (``batch_indices``), augmentation runs batched on the device, and
+loss sums stay on the device until the end of the epoch (no host sync per step).
+
+Objective per step (SPEC 2): ``L = CE + g_l2 ||theta||^2 + g_flux P_flux + g_inv P_inv +
+g_cde P_cde``. Only the terms with a nonzero weight carry gradients; P_flux and P_cde are cheap
+functions of ``p`` and are always logged (under ``no_grad`` when their weight is 0); P_inv needs
+a second forward pass and is logged only when ``g_inv > 0`` (NaN otherwise).
+
+The plateau schedule and the history's ``val_loss`` use the **validation cross entropy** (no
+augmentation, no penalty terms), the same number for every group, so groups are compared on the
+same schedule signal. The reported model is the one after the last epoch.
+
+Seeds: ``run.seed`` seeds the weight init (``torch.manual_seed``) and one ``torch.Generator`` on
+the device that draws the batch order and every augmentation. On CPU a run is reproducible bit
+for bit, also across an interruption: every epoch ends with an atomic checkpoint (model,
+optimiser, scheduler, generator and torch RNG states, history), and ``resume=True`` continues
+from it.
+
+Run directory (SPEC 8): ``config.yaml``, ``metrics.json``, ``history.parquet``,
+``predictions.h5``, ``checkpoint/state.pt``. ``metrics.json`` is written last: its presence marks
+a finished run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from study.augment import augment
+from study.config import (
+    GROUP_LABELS,
+    PRESETS,
+    Config,
+    apply_overrides,
+    load_yaml,
+    make_config,
+    parse_set,
+    save_yaml,
+)
+from study.data.dataset import DatasetInfo, SplitData, batch_indices, load_split, read_info
+from study.errors import UserError
+from study.losses import (
+    cde_loss,
+    cross_entropy,
+    flux_loss,
+    invariance_loss,
+    l2_penalty,
+    total_loss,
+)
+from study.metrics import all_metrics
+from study.model import build_model
+
+TERMS = ("ce", "l2", "flux", "inv", "cde", "total")  # logged train loss terms, per-batch means
+CHECKPOINT = "checkpoint/state.pt"
+LOG_EVERY = 50  # steps between progress-bar updates (each costs one host sync)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]  # the content of metrics.json
+    history: pd.DataFrame  # one row per epoch (history.parquet)
+
+
+def resolve_device(config: Config) -> torch.device:
+    """The training device; refuses preset ``paper`` without CUDA (before any expensive work)."""
+    want = config.run.device
+    has_cuda = torch.cuda.is_available()
+    if want == "cuda" and not has_cuda:
+        raise UserError("run.device=cuda but no CUDA device is available; use run.device=auto")
+    device = torch.device("cuda" if want != "cpu" and has_cuda else "cpu")
+    if device.type != "cuda" and config.preset == "paper":
+        raise UserError(
+            "preset paper needs a CUDA GPU (a stride-1 ResNet50 on 607,712 galaxies); "
+            "on a CPU use --preset demo"
+        )
+    if device.type != "cuda" and config.model.arch.startswith("resnet"):
+        warnings.warn(
+            f"training {config.model.arch} on a CPU is very slow; --preset demo is the CPU preset",
+            stacklevel=2,
+        )
+    return device
+
+
+def resolve_data(config: Config) -> Path:
+    """``config.data.path``, or the synthetic universe of ``data.universe_n`` galaxies.
+
+    The universe is built once and cached by ``study.data.universe.cached_universe`` under
+    ``$PHOTOZ_CACHE`` (default ``~/.cache/photoz-study``); later runs, and other processes on the
+    same node, reuse the file.
+    """
+    if config.data.path is not None:
+        path = Path(config.data.path)
+        if not path.is_file():
+            raise UserError(f"{path}: data file not found; fix --data (or data.path)")
+        return path
+    from study.data.universe import cached_universe  # lazy: universe.py imports astropy
+
+    return Path(
+        cached_universe(
+            config.data.universe_n, config.data.universe_seed, image_dtype=config.data.image_dtype
+        )
+    )
+
+
+def _check_data(config: Config, info: DatasetInfo) -> None:
+    """Refuse a file the config cannot train on, naming the field and the fix."""
+    p = info.path
+    if info.n_bins != config.model.n_bins:
+        raise UserError(
+            f"{p}: has {info.n_bins} redshift bins but model.n_bins={config.model.n_bins}; "
+            f"set model.n_bins={info.n_bins}"
+        )
+    if abs(float(info.bin_edges[-1]) - config.model.z_max) > 1e-6:
+        raise UserError(
+            f"{p}: bins end at z={float(info.bin_edges[-1]):g} but model.z_max="
+            f"{config.model.z_max:g}; set model.z_max={float(info.bin_edges[-1]):g}"
+        )
+    if config.loss.g_flux > 0 and not info.has_flux_table:
+        raise UserError(
+            f"{p}: has no flux_table but loss.g_flux={config.loss.g_flux:g}; use a file built "
+            "with spectra (the synthetic universe, or convert --spectra) or set loss.g_flux=0"
+        )
+    for split, least in (("train", 2), ("val", 1), ("test", 1)):
+        if info.split_counts.get(split, 0) < least:
+            raise UserError(
+                f"{p}: split {split!r} has {info.split_counts.get(split, 0)} galaxies; "
+                f"need at least {least} (rebuild the file with more galaxies)"
+            )
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    if resume:
+        if not (out / "config.yaml").is_file():
+            raise UserError(f"{out}: no config.yaml, nothing to resume; drop --resume")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: --out exists and is not empty; choose a new --out or add --resume")
+
+
+# Fields that may change when a run is resumed: the length of training and how it is executed.
+_RESUMABLE = {"optim.epochs", "run.device", "run.progress", "run.compile", "run.compile_mode"}
+_RESUMABLE |= {"run.threads", "run.amp", "run.channels_last"}
+
+
+def _check_resume_config(saved: Config, config: Config, out: Path) -> None:
+    a, b = _flat(saved), _flat(config)
+    for key in a:
+        if key not in _RESUMABLE and a[key] != b[key]:
+            raise UserError(
+                f"{out}/config.yaml: {key}={a[key]!r} but the resumed run asks {b[key]!r}; "
+                "resume with the same config (only epochs and run.* execution fields may change)"
+            )
+
+
+def _flat(cfg: Config) -> dict[str, Any]:
+    from study.config import config_to_dict
+
+    d = config_to_dict(cfg)
+    flat = {k: d[k] for k in ("preset", "group")}
+    for section, fields in d.items():
+        if isinstance(fields, dict):
+            flat.update({f"{section}.{k}": v for k, v in fields.items()})
+    return flat
+
+
+@contextlib.contextmanager
+def _torch_settings(config: Config, device: torch.device) -> Iterator[None]:
+    """Deterministic kernels on CPU, thread count, TF32 on CUDA; restored afterwards."""
+    det, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    try:
+        if device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        else:
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv kernels
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if config.run.threads:
+            torch.set_num_threads(config.run.threads)
+        yield
+    finally:
+        torch.use_deterministic_algorithms(det, warn_only=warn_only)
+        torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def train(
+    config: Config,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    on_epoch: Callable[[dict[str, Any], Path], None] | None = None,
+) -> RunResult:
+    """Train ``config`` and write the run directory ``out`` (SPEC 8).
+
+    Args:
+        config: the resolved config (written to ``out/config.yaml``).
+        out: the run directory; must be new or empty unless ``resume``.
+        resume: continue from ``out/checkpoint/`` (a finished run is returned as it is).
+        on_epoch: called as ``on_epoch(history_row, checkpoint_dir)`` after each epoch's
+            checkpoint is written (Ray Tune reports from it). An exception from it stops the
+            run, leaving a resumable checkpoint.
+
+    Returns:
+        The run's metrics (the content of metrics.json) and history.
+    """
+    out = Path(out)
+    _check_out(out, resume)
+    if resume:
+        _check_resume_config(load_yaml(out / "config.yaml"), config, out)
+        if (out / "metrics.json").is_file():
+            return load_run(out)
+    device = resolve_device(config)
+    data_path = resolve_data(config)
+    info = read_info(data_path)
+    _check_data(config, info)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "config.yaml", lambda p: save_yaml(config, p))
+    with _torch_settings(config, device):
+        return _train(config, out, device, info, resume, on_epoch)
+
+
+def _train(
+    cfg: Config,
+    out: Path,
+    device: torch.device,
+    info: DatasetInfo,
+    resume: bool,
+    on_epoch: Callable[[dict[str, Any], Path], None] | None,
+) -> RunResult:
+    cuda = device.type == "cuda"
+    torch.manual_seed(cfg.run.seed)  # weight init
+    model = build_model(cfg.model.arch, n_bins=cfg.model.n_bins, hidden=cfg.model.hidden)
+    model = model.to(device)
+    if cuda and cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model, mode=cfg.run.compile_mode) if cfg.run.compile else model
+    image_dtype = getattr(torch, cfg.data.image_dtype)
+    train_data = load_split(info.path, "train", device, image_dtype)
+    val_data = load_split(info.path, "val", device, image_dtype)
+    edges = torch.as_tensor(info.bin_edges, dtype=torch.float32, device=device)  # (C+1,)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, fused=cuda)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=cfg.optim.plateau_factor, patience=cfg.optim.plateau_patience
+    )
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.run.seed)  # batch order and augmentation draws
+    history: list[dict[str, Any]] = []
+    ckpt = out / CHECKPOINT
+    if resume and ckpt.is_file():
+        history = _load_checkpoint(ckpt, model, opt, sched, gen, device)
+    zs_val = _file_zs(info.path, val_data.index)
+    for epoch in range(len(history) + 1, cfg.optim.epochs + 1):
+        t0 = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        terms, n_images = _train_epoch(step_model, model, opt, train_data, edges, gen, cfg, epoch)
+        if cuda:
+            torch.cuda.synchronize()
+        train_s = time.perf_counter() - t0
+        p_val, val_ce = _predict(model, val_data, edges, cfg)
+        sched.step(val_ce)
+        val_m = all_metrics(p_val, zs_val, info.bin_edges)
+        row = {"epoch": epoch, "lr": lr, **terms}
+        row |= {f"val_{k}": v for k, v in val_m.items()}
+        row |= {"val_loss": val_ce, "seconds": time.perf_counter() - t0}
+        row |= {"train_seconds": train_s, "images_per_s": n_images / train_s}
+        history.append(row)
+        _save_checkpoint(ckpt, model, opt, sched, gen, history)
+        if on_epoch is not None:
+            on_epoch(row, ckpt.parent)
+    del train_data, val_data
+    return _finish(cfg, out, model, device, info, history)
+
+
+def _train_epoch(
+    step_model: Callable[..., torch.Tensor],
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    data: SplitData,
+    edges: torch.Tensor,
+    gen: torch.Generator,
+    cfg: Config,
+    epoch: int,
+) -> tuple[dict[str, float], int]:
+    """One pass over the training split; returns the mean of each loss term and #images."""
+    n, bs = len(data), cfg.optim.batch_size
+    # the last partial batch is dropped (a different random remainder each epoch): static
+    # shapes for torch.compile and never a batch of one for batch norm
+    batches = batch_indices(n, min(bs, n), gen, shuffle=True, drop_last=True)
+    sums = torch.zeros(len(TERMS), device=edges.device)  # sum over batches of B * term
+    seen = 0
+    bar = tqdm(
+        total=len(batches) * min(bs, n),
+        desc=f"epoch {epoch}/{cfg.optim.epochs}",
+        unit="img",
+        unit_scale=True,
+        leave=False,
+        disable=not cfg.run.progress,
+    )
+    model.train()
+    for step, idx in enumerate(batches, 1):
+        terms = _step(step_model, model, opt, data, idx, edges, gen, cfg)
+        sums += terms * len(idx)
+        seen += len(idx)
+        bar.update(len(idx))
+        if cfg.run.progress and (step % LOG_EVERY == 0 or step == len(batches)):
+            means = (sums / seen).tolist()  # one host sync every LOG_EVERY steps
+            bar.set_postfix({k: f"{v:.4g}" for k, v in zip(TERMS, means, strict=True)})
+    bar.close()
+    means = (sums / max(seen, 1)).tolist()  # the epoch's one host sync
+    return dict(zip(TERMS, means, strict=True)), seen
+
+
+def _step(
+    step_model: Callable[..., torch.Tensor],
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    data: SplitData,
+    idx: torch.Tensor,
+    edges: torch.Tensor,
+    gen: torch.Generator,
+    cfg: Config,
+) -> torch.Tensor:
+    """One optimiser step on the batch ``idx``; returns the (len(TERMS),) detached terms."""
+    w = cfg.loss
+    x = _batch_images(data.images, idx, cfg)  # (B, 5, 64, 64) float32 nanomaggies
+    ebv, zs = data.ebv[idx], data.zs[idx]
+    with _autocast(x.device, cfg):
+        logits = step_model(augment(x, gen) if w.augment else x, ebv)  # (B, C)
+    p = torch.softmax(logits.float(), dim=1)
+    terms = {"ce": cross_entropy(logits, zs, edges), "l2": l2_penalty(model)}
+    weights = {"ce": 1.0, "l2": w.g_l2, "flux": w.g_flux, "inv": w.g_inv, "cde": w.g_cde}
+    nan = torch.full((), float("nan"), device=x.device)
+    with torch.set_grad_enabled(w.g_flux > 0):
+        table = data.flux_table
+        terms["flux"] = flux_loss(p, table[idx]) if table is not None else nan
+    with torch.set_grad_enabled(w.g_cde > 0):
+        terms["cde"] = cde_loss(p, zs, edges)
+    terms["inv"] = nan
+    if w.g_inv > 0:
+        view = augment(x, gen)  # Theta(B(x)): a second, independent draw
+        with _autocast(x.device, cfg):
+            p_view = torch.softmax(step_model(view, ebv).float(), dim=1)
+        terms["inv"] = invariance_loss(p, p_view)  # gradients through both views
+    active = {k: v for k, v in terms.items() if k in ("ce", "l2") or weights[k] > 0}
+    total = total_loss(active, weights)
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    opt.step()
+    return torch.stack([terms[k].detach().float() for k in TERMS[:-1]] + [total.detach()])
+
+
+def _batch_images(images: torch.Tensor, idx: torch.Tensor, cfg: Config) -> torch.Tensor:
+    x = images[idx].float()  # float16 storage is cast once per batch
+    if x.is_cuda and cfg.run.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _autocast(device: torch.device, cfg: Config) -> contextlib.AbstractContextManager:
+    if device.type == "cuda" and cfg.run.amp:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def _predict(
+    model: torch.nn.Module, data: SplitData, edges: torch.Tensor, cfg: Config
+) -> tuple[np.ndarray, float]:
+    """(N, C) float64 probabilities of a split (no augmentation, eval mode) and its mean CE."""
+    model.eval()
+    ps, ce = [], torch.zeros((), device=edges.device)
+    for s in range(0, len(data), cfg.optim.eval_batch_size):
+        sl = slice(s, s + cfg.optim.eval_batch_size)
+        x = _batch_images(data.images[sl], torch.arange(len(data.zs[sl])), cfg)
+        with _autocast(x.device, cfg):
+            logits = model(x, data.ebv[sl]).float()
+        ce += cross_entropy(logits, data.zs[sl], edges) * len(x)
+        ps.append(torch.softmax(logits, dim=1))
+    model.train()
+    p = torch.cat(ps).double().cpu().numpy()
+    return p, float(ce) / len(data)
+
+
+def _file_zs(path: Path, index: np.ndarray) -> np.ndarray:
+    """float64 spectroscopic redshifts of file rows ``index`` (metrics use full precision)."""
+    with h5py.File(path, "r") as f:
+        return np.asarray(f["zs"][:], dtype=np.float64)[index]
+
+
+def _save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    gen: torch.Generator,
+    history: list[dict[str, Any]],
+) -> None:
+    path.parent.mkdir(exist_ok=True)
+    state = {
+        "epoch": len(history),
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "history": history,
+    }
+    _atomic_write(path, lambda p: torch.save(state, p))
+
+
+def _load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    gen: torch.Generator,
+    device: torch.device,
+) -> list[dict[str, Any]]:
+    state = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    return list(state["history"])
+
+
+def _finish(
+    cfg: Config,
+    out: Path,
+    model: torch.nn.Module,
+    device: torch.device,
+    info: DatasetInfo,
+    history: list[dict[str, Any]],
+) -> RunResult:
+    """Evaluate the test split; write predictions.h5, history.parquet, then metrics.json."""
+    test_data = load_split(info.path, "test", device, getattr(torch, cfg.data.image_dtype))
+    edges = torch.as_tensor(info.bin_edges, dtype=torch.float32, device=device)
+    p_test, _ = _predict(model, test_data, edges, cfg)
+    zs_test = _file_zs(info.path, test_data.index)
+    _atomic_write(
+        out / "predictions.h5", lambda p: _write_predictions(p, p_test, zs_test, test_data, info)
+    )
+    frame = pd.DataFrame(history)
+    _atomic_write(out / "history.parquet", lambda p: frame.to_parquet(p, index=False))
+    last = history[-1]
+    step_s = float(frame["train_seconds"].sum())  # time inside training steps, all epochs
+    n_images = float((frame["images_per_s"] * frame["train_seconds"]).sum())
+    metrics = {
+        "val": {k[4:]: last[k] for k in last if k.startswith("val_") and k != "val_loss"},
+        "test": all_metrics(p_test, zs_test, info.bin_edges),
+        "train_seconds": float(frame["seconds"].sum()),
+        "epochs": len(history),
+        "device": _device_name(device),
+        "n_train": info.split_counts["train"],
+        "n_val": info.split_counts["val"],
+        "n_test": len(test_data),
+        "images_per_s": n_images / step_s if step_s > 0 else float("nan"),
+        "preset": cfg.preset,
+        "group": cfg.group,
+        "seed": cfg.run.seed,
+        "data": str(info.path),
+        "data_hash": info.content_hash,
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
+    }
+    _atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2)))
+    return RunResult(out, metrics, frame)
+
+
+def _write_predictions(
+    path: Path, p: np.ndarray, zs: np.ndarray, data: SplitData, info: DatasetInfo
+) -> None:
+    with h5py.File(path, "w", track_order=True) as f:
+        f.create_dataset("p", data=p.astype(np.float16), track_times=False)  # (N, C)
+        f.create_dataset("zs", data=zs, track_times=False)  # (N,) float64
+        f.create_dataset("id", data=np.asarray(data.ids, dtype=np.int64), track_times=False)
+        f.create_dataset("index", data=data.index, track_times=False)  # row in the data file
+        f.attrs["bin_edges"] = info.bin_edges
+        f.attrs["data_hash"] = info.content_hash
+
+
+def load_run(run_dir: str | os.PathLike) -> RunResult:
+    """A finished run directory's metrics and history."""
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return RunResult(run_dir, metrics, pd.read_parquet(run_dir / "history.parquet"))
+
+
+def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write via a temporary name in the same directory, then rename (never a half file)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _git_commit() -> str | None:
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m study.train",
+        description="Train one network and write its run directory (config.yaml, metrics.json, "
+        "history.parquet, predictions.h5, checkpoint/).",
+    )
+    parser.add_argument("--preset", choices=PRESETS, help="named preset (default paper)")
+    parser.add_argument("--group", choices=GROUP_LABELS, help="loss group (default baseline)")
+    parser.add_argument("--seed", type=int, help="trial seed: init, batch order, augmentation")
+    parser.add_argument("--data", help="photoz-study/1 HDF5 file (default: cached universe)")
+    parser.add_argument("--out", required=True, help="run directory (new or empty)")
+    parser.add_argument("--epochs", type=int, help="override optim.epochs")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--config", help="YAML file of config fields (partial is fine)")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. --set optim.lr=3e-4 (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        config = _config_from_args(args)
+        result = train(config, args.out, resume=args.resume)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    test = result.metrics["test"]
+    print(
+        f"{result.run_dir}: test sigma_nmad={test['sigma_nmad']:.5f} "
+        f"outlier_frac={test['outlier_frac']:.4f} cde_loss={test['cde_loss']:.3f} "
+        f"({result.metrics['epochs']} epochs, {result.metrics['train_seconds']:.0f} s)"
+    )
+    return 0
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    """preset/group -> --config YAML (or the resumed run's config.yaml) -> flags -> --set."""
+    if args.resume:
+        saved = Path(args.out) / "config.yaml"
+        if not saved.is_file():
+            raise UserError(f"{args.out}: no config.yaml, nothing to resume; drop --resume")
+        cfg = load_yaml(saved)
+        for key in ("preset", "group"):
+            given = getattr(args, key)
+            if given is not None and given != getattr(cfg, key):
+                raise UserError(
+                    f"--{key} {given} but {saved} has {getattr(cfg, key)}; drop --{key}"
+                )
+    elif args.config:
+        cfg = load_yaml(args.config, preset=args.preset, group=args.group)
+    else:
+        cfg = make_config(args.preset or "paper", args.group or "baseline")
+    flags: dict[str, Any] = {}
+    if args.seed is not None:
+        flags["run.seed"] = args.seed
+    if args.data is not None:
+        flags["data.path"] = args.data
+    if args.epochs is not None:
+        flags["optim.epochs"] = args.epochs
+    cfg = apply_overrides(cfg, flags, where="command line")
+    return apply_overrides(cfg, parse_set(args.sets))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

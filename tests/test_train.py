@@ -1,0 +1,302 @@
+"""Training: one step per group, determinism, resume, the run directory, refusals, the CLI, learning.
+
+Data are tiny photoz-study/1 files written with ``write_dataset`` from synthetic images whose
+colours encode the redshift (so a small network can learn it in a few CPU epochs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from study.config import GROUPS, make_config
+from study.data.dataset import draw_split, load_split, write_dataset
+from study.errors import UserError
+from study.model import build_model
+from study.train import TERMS, _step, main, train
+
+ROOT = Path(__file__).resolve().parents[1]
+# SPEC 3: the metric names, fixed
+METRICS = {
+    "sigma_nmad",
+    "sigma_iqr",
+    "bias",
+    "bias_median",
+    "outlier_frac",
+    "outlier_frac_rail",
+    "cde_loss",
+    "cde_loss_se",
+    "ks",
+    "cvm",
+    "ad",
+    "pit_outlier_rate",
+    "coverage_68",
+    "coverage_95",
+}
+EDGES = np.linspace(0.0, 0.4, 181)
+
+
+def colour_coded_images(zs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(N, 5, 64, 64) nanomaggies: a Gaussian blob whose band ratios encode z, plus noise."""
+    n = len(zs)
+    yy, xx = np.mgrid[:64, :64] - 31.5
+    size = rng.uniform(2.0, 4.0, n)
+    blob = np.exp(-(xx**2 + yy**2)[None] / (2 * size[:, None, None] ** 2))  # (N, 64, 64)
+    colour = np.exp(np.arange(-2, 3)[None, :] * 6.0 * zs[:, None])  # (N, 5), redder with z
+    amp = rng.uniform(3.0, 6.0, n)[:, None] * colour  # (N, 5) peak, nanomaggies
+    images = amp[:, :, None, None] * blob[:, None] + 0.05 * rng.standard_normal((n, 5, 64, 64))
+    return images.astype(np.float32)
+
+
+def make_file(path: Path, n: int = 200, seed: int = 0, with_table: bool = True) -> Path:
+    rng = np.random.default_rng(seed)
+    zs = rng.uniform(0.01, 0.39, n)
+    centers = 0.5 * (EDGES[:-1] + EDGES[1:])
+    nu = (1 + centers)[None, :] / (1 + zs)[:, None]  # (N, C)
+    table = nu[:, None, :] ** np.arange(1.0, 6.0)[None, :, None]  # (N, 5, C), 1 at nu = 1
+    return write_dataset(
+        path,
+        images=colour_coded_images(zs, rng),
+        zs=zs,
+        ebv=rng.uniform(0.0, 0.1, n).astype(np.float32),
+        flux=np.full((n, 5), np.nan, np.float32),
+        split=draw_split(n, data_seed=0),
+        ids=np.arange(n, dtype=np.int64) + 1000,
+        bin_edges=EDGES,
+        source="synthetic",
+        data_seed=0,
+        flux_table=table.astype(np.float32) if with_table else None,
+    )
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    return make_file(tmp_path_factory.mktemp("data") / "d.h5")
+
+
+def tiny(data: Path, group: str = "constrained", seed: int = 0, **overrides):
+    over = {"data.path": str(data), "run.threads": 1, **overrides}
+    return make_config("tiny", group, seed=seed, overrides=over)
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_group_one_step_all_parameters_get_gradients(data_file, group):
+    cfg = tiny(data_file, group)
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", n_bins=180, hidden=32)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    data = load_split(data_file, "train")
+    gen = torch.Generator().manual_seed(0)
+    terms = _step(model, model, opt, data, torch.arange(16), torch.tensor(EDGES), gen, cfg)
+    assert terms.shape == (len(TERMS),)
+    t = dict(zip(TERMS, terms.tolist(), strict=True))
+    for k in ("ce", "l2", "flux", "cde", "total"):
+        assert np.isfinite(t[k]), k
+    assert np.isfinite(t["inv"]) == (cfg.loss.g_inv > 0)
+    if cfg.loss.g_inv > 0:
+        assert t["inv"] > 0  # two independent views differ
+    w = cfg.loss
+    want = t["ce"] + w.g_l2 * t["l2"] + w.g_flux * t["flux"] + w.g_cde * t["cde"]
+    want += w.g_inv * (t["inv"] if w.g_inv > 0 else 0.0)
+    assert t["total"] == pytest.approx(want, rel=1e-5)
+    for name, prm in model.named_parameters():
+        assert prm.grad is not None, name
+        assert torch.isfinite(prm.grad).all(), name
+        assert prm.grad.abs().sum() > 0, name
+        assert torch.isfinite(prm).all(), name
+
+
+def _val_test(result) -> tuple[dict, dict]:
+    return result.metrics["val"], result.metrics["test"]
+
+
+def test_run_directory_and_metrics_names(data_file, tmp_path):
+    out = tmp_path / "run"
+    res = train(tiny(data_file), out)
+    names = {p.name for p in out.iterdir()}
+    assert names == {
+        "config.yaml",
+        "metrics.json",
+        "history.parquet",
+        "predictions.h5",
+        "checkpoint",
+    }
+    assert [p.name for p in (out / "checkpoint").iterdir()] == ["state.pt"]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m == json.loads(json.dumps(res.metrics))
+    assert set(m["val"]) == METRICS and set(m["test"]) == METRICS
+    for key in ("train_seconds", "epochs", "device", "n_train", "n_val", "n_test", "images_per_s"):
+        assert key in m
+    assert m["epochs"] == 2 and m["device"].startswith("cpu")
+    counts = np.bincount(draw_split(200, data_seed=0), minlength=3)
+    assert (m["n_train"], m["n_val"], m["n_test"]) == tuple(counts)
+    hist = pd.read_parquet(out / "history.parquet")
+    assert list(hist["epoch"]) == [1, 2]
+    want_cols = {"epoch", "lr", *TERMS, "val_loss", "seconds"} | {f"val_{k}" for k in METRICS}
+    assert want_cols <= set(hist.columns)
+    assert hist[["ce", "l2", "flux", "inv", "cde", "total", "val_loss"]].notna().all().all()
+    # the last epoch's validation metrics are the reported ones
+    assert m["val"]["sigma_nmad"] == hist["val_sigma_nmad"].iloc[-1]
+    with h5py.File(out / "predictions.h5") as f:
+        p, zs, ids = f["p"][:], f["zs"][:], f["id"][:]
+    assert p.dtype == np.float16 and p.shape == (counts[2], 180)
+    assert np.allclose(p.astype(np.float64).sum(axis=1), 1.0, atol=5e-3)
+    split = draw_split(200, data_seed=0)
+    assert np.array_equal(ids, np.flatnonzero(split == 2) + 1000)
+    rng = np.random.default_rng(0)
+    assert np.array_equal(zs, rng.uniform(0.01, 0.39, 200)[split == 2])  # float64 exactly
+
+
+def test_same_seed_same_run_other_seed_other_run(data_file, tmp_path):
+    a = train(tiny(data_file, "constrained", seed=3), tmp_path / "a")
+    b = train(tiny(data_file, "constrained", seed=3), tmp_path / "b")
+    c = train(tiny(data_file, "constrained", seed=4), tmp_path / "c")
+    assert _val_test(a) == _val_test(b)  # bit for bit (exact float equality)
+    cols = ["lr", *TERMS, "val_loss"]
+    pd.testing.assert_frame_equal(a.history[cols], b.history[cols], check_exact=True)
+    assert _val_test(a) != _val_test(c)
+    assert a.history["total"].iloc[0] != c.history["total"].iloc[0]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_equals_uninterrupted(data_file, tmp_path):
+    cfg = tiny(data_file, "constrained", seed=1)
+    whole = train(cfg, tmp_path / "whole")
+
+    def stop(row, ckpt_dir):
+        assert (ckpt_dir / "state.pt").is_file()
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "cut", on_epoch=stop)
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    with pytest.raises(UserError, match="not empty"):
+        train(cfg, tmp_path / "cut")
+    resumed = train(cfg, tmp_path / "cut", resume=True)
+    assert _val_test(resumed) == _val_test(whole)
+    cols = ["epoch", "lr", *TERMS, "val_loss"]
+    pd.testing.assert_frame_equal(resumed.history[cols], whole.history[cols], check_exact=True)
+    with h5py.File(tmp_path / "cut" / "predictions.h5") as f1:
+        with h5py.File(tmp_path / "whole" / "predictions.h5") as f2:
+            assert np.array_equal(f1["p"][:], f2["p"][:])
+    # resuming a finished run returns it; a changed scientific field is refused
+    again = train(cfg, tmp_path / "cut", resume=True)
+    assert again.metrics == resumed.metrics
+    other = tiny(data_file, "constrained", seed=1, **{"optim.lr": 1e-2})
+    with pytest.raises(UserError, match="optim.lr"):
+        train(other, tmp_path / "cut", resume=True)
+
+
+def test_refusals(data_file, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(UserError, match="not empty"):
+        train(tiny(data_file), tmp_path / "full")
+    with pytest.raises(UserError, match="nothing to resume"):
+        train(tiny(data_file), tmp_path / "new", resume=True)
+    no_table = make_file(tmp_path / "nt.h5", n=40, with_table=False)
+    with pytest.raises(UserError, match="flux_table"):
+        train(tiny(no_table, "flux_only"), tmp_path / "r1")
+    assert not (tmp_path / "r1").exists()  # refused before any work
+    train(tiny(no_table, "inv_only", **{"optim.epochs": 1}), tmp_path / "r2")  # no flux needed
+    with pytest.raises(UserError, match="model.n_bins"):
+        train(tiny(data_file, **{"model.n_bins": 90}), tmp_path / "r3")
+    with pytest.raises(UserError, match="not found"):
+        train(tiny(tmp_path / "missing.h5"), tmp_path / "r4")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_paper_preset_refuses_cpu(data_file, tmp_path):
+    cfg = make_config("paper", overrides={"data.path": str(data_file)})
+    with pytest.raises(UserError, match="--preset demo"):
+        train(cfg, tmp_path / "r")
+
+
+def test_cli_bad_input_exits_2(data_file, tmp_path, capsys):
+    base = ["--preset", "tiny", "--data", str(data_file), "--out", str(tmp_path / "r")]
+    assert main([*base, "--set", "optim.lrr=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "optim.lrr" in err and err.count("\n") == 1
+    assert main([*base, "--set", "optim.epochs=two"]) == 2
+    assert "optim.epochs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--bogus"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--group", "everything"])
+    assert e.value.code == 2
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "f").write_text("")
+    assert main(base) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_cli_end_to_end_and_resume(data_file, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "study.train", "--preset", "tiny", "--group", "cde_only"]
+    cmd += ["--seed", "2", "--data", str(data_file), "--out", str(out), "--epochs", "1"]
+    cmd += ["--set", "optim.lr=3e-3", "--set", "run.threads=1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "sigma_nmad" in res.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["epochs"] == 1 and m["group"] == "cde_only" and m["seed"] == 2
+    cfg_text = (out / "config.yaml").read_text()
+    assert "lr: 0.003" in cfg_text and "g_cde: 0.1" in cfg_text and "epochs: 1" in cfg_text
+    # the resumed run reads config.yaml and may train longer
+    resume = [sys.executable, "-m", "study.train", "--out", str(out), "--resume"]
+    res = subprocess.run(resume, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert res.returncode == 0 and json.loads((out / "metrics.json").read_text()) == m
+
+
+def reference_nz_sigma_nmad(data: Path) -> float:
+    """sigma_nmad of predicting the training-set n(z) histogram for every test galaxy."""
+    with h5py.File(data) as f:
+        zs, split = f["zs"][:], f["split"][:]
+        edges = f.attrs["bin_edges"]
+    hist = np.histogram(zs[split == 0], bins=edges)[0]
+    centers = 0.5 * (edges[:-1] + edges[1:])
+    zp = (hist / hist.sum()) @ centers  # one point estimate for everyone
+    z = zs[split == 2]
+    d = (zp - z) / (1 + z)
+    return float(1.4826 * np.median(np.abs(d - np.median(d))))
+
+
+def test_learns_colour_coded_redshifts(tmp_path):
+    """Fast variant: the tiny preset on 600 colour-coded galaxies, 8 CPU epochs (~5 s)."""
+    data = make_file(tmp_path / "learn.h5", n=600, seed=1)
+    over = {"optim.epochs": 8, "optim.lr": 1e-2, "optim.plateau_patience": 20}
+    cfg = tiny(data, "baseline", **over)
+    res = train(cfg, tmp_path / "run")
+    ref = reference_nz_sigma_nmad(data)
+    got = res.metrics["test"]["sigma_nmad"]
+    print(f"tiny synthetic: test sigma_nmad {got:.4f} vs n(z) reference {ref:.4f}")
+    assert got < 0.5 * ref
+
+
+@pytest.mark.slow
+def test_demo_preset_learns_on_a_small_universe(tmp_path, monkeypatch):
+    """The demo preset on a small synthetic universe (cached_universe) beats n(z) clearly."""
+    from study.data.universe import cached_universe
+
+    monkeypatch.setenv("PHOTOZ_CACHE", str(tmp_path / "cache"))
+    data = cached_universe(1500, 0)
+    cfg = make_config("demo", "baseline", overrides={"data.path": str(data), "run.progress": False})
+    res = train(cfg, tmp_path / "run")
+    ref = reference_nz_sigma_nmad(data)
+    got = res.metrics["test"]["sigma_nmad"]
+    print(f"demo universe: test sigma_nmad {got:.4f} vs n(z) reference {ref:.4f}")
+    assert got < 0.6 * ref
