@@ -226,3 +226,27 @@ def test_flux_loss_is_zero_at_the_true_redshift_and_masks_nan_bands(flux_case):
     err = (torch.einsum("ibc,ic->ib", torch.nan_to_num(t), pr) - 1).abs()
     ref = (torch.cat([err[0, [0, 2, 3, 4]]]).mean() + err[1].mean() + err[2].mean()) / 3
     assert flux_loss(pr, t).item() == pytest.approx(ref.item(), rel=1e-12)
+
+
+def test_flux_loss_on_the_data_modules_table_matches_the_reference(flux_case):
+    """The stored table (study.data.photometry.flux_table) and the in-graph integrals agree."""
+    photometry = pytest.importorskip("study.data.photometry")
+    wave, zs, spectra, _, _ = flux_case
+    centers = 0.5 * (EDGES[1:] + EDGES[:-1]).numpy()
+    table = torch.from_numpy(photometry.flux_table(wave, spectra, zs, centers))
+    filters = [(torch.from_numpy(w), torch.from_numpy(r)) for w, r in photometry.filter_curves()]
+    torch.manual_seed(1)
+    logits = torch.randn(4, 180, dtype=torch.float64, requires_grad=True)
+    a = flux_loss(logits.softmax(1), table)
+    (ga,) = torch.autograd.grad(a, logits)
+    b = flux_loss_reference(
+        logits.softmax(1),
+        torch.from_numpy(zs),
+        torch.from_numpy(wave),
+        torch.from_numpy(spectra),
+        EDGES,
+        filters,
+    )
+    (gb,) = torch.autograd.grad(b, logits)
+    assert b.item() == pytest.approx(a.item(), rel=1e-5)
+    torch.testing.assert_close(gb, ga, rtol=1e-5, atol=1e-12)
