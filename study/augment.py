@@ -46,7 +46,10 @@ def d4(x: torch.Tensor, k: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     perms = d4_permutations(h, x.device)  # (8, H*W)
     element = (k.to(x.device).long() % 4) + 4 * flip.to(x.device).long()  # (B,)
     index = perms[element][:, None, :].expand(b, c, h * w)  # (B, C, H*W)
-    return x.reshape(b, c, h * w).gather(2, index).reshape(b, c, h, w)
+    out = x.reshape(b, c, h * w).gather(2, index).reshape(b, c, h, w)
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)  # keep the conv-friendly layout
+    return out
 
 
 def random_d4(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -47,6 +47,13 @@ def test_d4_elements_are_exact_permutations_and_distinct():
         assert torch.equal(row.sort().values, torch.arange(256))
 
 
+def test_d4_keeps_channels_last():
+    x = torch.randn(2, 5, 8, 8).contiguous(memory_format=torch.channels_last)
+    y = _apply(x, 1, True)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, torch.rot90(x, 1, dims=(-2, -1)).flip(-1))
+
+
 def test_d4_group_closes():
     x = torch.randn(1, 2, 6, 6)
     outs = [_apply(x, k, f) for k, f in ELEMENTS]
