@@ -11,6 +11,7 @@ one gather with a per-sample pixel permutation, so they are exact (no interpolat
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -79,7 +80,7 @@ def sigma_clipped_stats(
     Returns:
         mean, std: each of shape (...), float64.
     """
-    srt, _ = x.flatten(-2).double().sort(dim=-1)  # (..., N)
+    srt = _sorted_pixels(x).double()  # (..., N)
     zero = torch.zeros_like(srt[..., :1])
     csum = torch.cat([zero, srt.cumsum(-1)], -1)  # (..., N + 1); csum[i] = sum of srt[:i]
     csq = torch.cat([zero, (srt * srt).cumsum(-1)], -1)
@@ -104,6 +105,21 @@ def sigma_clipped_stats(
         stop = torch.maximum(stop, start + 1)  # never empty (only possible when std is 0)
     _, mean, std = run_stats(start, stop)
     return mean.squeeze(-1), std.squeeze(-1)
+
+
+def _sorted_pixels(x: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) -> (..., H * W) pixel values sorted ascending (float32 or wider).
+
+    On the CPU numpy's vectorised sort is 10-50x faster than ``torch.sort`` (which also builds
+    an index we do not need): it was most of the augmentation's cost there. Sorting in float32
+    and widening afterwards gives the same values as sorting in float64 (exact, monotone cast).
+    """
+    flat = x.detach().flatten(-2)
+    if flat.dtype in (torch.float16, torch.bfloat16):
+        flat = flat.float()
+    if flat.device.type == "cpu":
+        return torch.from_numpy(np.sort(flat.numpy(), axis=-1))
+    return flat.sort(dim=-1).values
 
 
 def resample_background(
