@@ -42,6 +42,10 @@ class DataConfig:
     # dtype of the images held on the training device; float16 halves the memory (relative
     # precision 5e-4, far below the pixel noise). Batches are cast to float32 before the model.
     image_dtype: ImageDtype = "float32"
+    # True: the whole split lives on the training device (airbench style). False: it stays in
+    # (pinned) host memory and batches are streamed ahead on a side stream (study.data.stream),
+    # for sets larger than the device memory. Same numbers either way.
+    resident: bool = True
 
 
 @dataclass

@@ -57,6 +57,7 @@ from study.config import (
     save_yaml,
 )
 from study.data.dataset import DatasetInfo, SplitData, batch_indices, load_split, read_info
+from study.data.stream import Batch, batches, pin_split
 from study.errors import UserError
 from study.losses import (
     cde_loss,
@@ -257,25 +258,22 @@ def _train(
     if cuda and cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model, mode=cfg.run.compile_mode) if cfg.run.compile else model
-    image_dtype = getattr(torch, cfg.data.image_dtype)
-    train_data = load_split(info.path, "train", device, image_dtype)
-    val_data = load_split(info.path, "val", device, image_dtype)
+    train_data, val_data = _load(info, "train", device, cfg), _load(info, "val", device, cfg)
     edges = torch.as_tensor(info.bin_edges, dtype=torch.float32, device=device)  # (C+1,)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, fused=cuda)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=cfg.optim.plateau_factor, patience=cfg.optim.plateau_patience
     )
-    gen = torch.Generator(device=device)
-    gen.manual_seed(cfg.run.seed)  # batch order and augmentation draws
+    gens = _generators(cfg.run.seed, device)
     history: list[dict[str, Any]] = []
     ckpt = out / CHECKPOINT
     if resume and ckpt.is_file():
-        history = _load_checkpoint(ckpt, model, opt, sched, gen, device)
+        history = _load_checkpoint(ckpt, model, opt, sched, gens, device)
     zs_val = _file_zs(info.path, val_data.index)
     for epoch in range(len(history) + 1, cfg.optim.epochs + 1):
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
-        terms, n_images = _train_epoch(step_model, model, opt, train_data, edges, gen, cfg, epoch)
+        terms, n_images = _train_epoch(step_model, model, opt, train_data, edges, gens, cfg, epoch)
         if cuda:
             torch.cuda.synchronize()
         train_s = time.perf_counter() - t0
@@ -287,11 +285,29 @@ def _train(
         row |= {"val_loss": val_ce, "seconds": time.perf_counter() - t0}
         row |= {"train_seconds": train_s, "images_per_s": n_images / train_s}
         history.append(row)
-        _save_checkpoint(ckpt, model, opt, sched, gen, history)
+        _save_checkpoint(ckpt, model, opt, sched, gens, history)
         if on_epoch is not None:
             on_epoch(row, ckpt.parent)
     del train_data, val_data
     return _finish(cfg, out, model, device, info, history)
+
+
+def _load(info: DatasetInfo, split: str, device: torch.device, cfg: Config) -> SplitData:
+    """A split on the device (data.resident) or in (pinned, on CUDA) host memory (streamed)."""
+    dtype = getattr(torch, cfg.data.image_dtype)
+    if cfg.data.resident:
+        return load_split(info.path, split, device, dtype)
+    data = load_split(info.path, split, "cpu", dtype)
+    return pin_split(data) if device.type == "cuda" else data
+
+
+def _generators(seed: int, device: torch.device) -> dict[str, torch.Generator]:
+    """Two streams from the trial seed: batch order (CPU, as streaming needs CPU indices) and
+    augmentation draws (on the device). Seeded apart so that they never share numbers."""
+    order_seed, aug_seed = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64)
+    order = torch.Generator().manual_seed(int(order_seed) >> 1)
+    aug = torch.Generator(device=device).manual_seed(int(aug_seed) >> 1)
+    return {"order": order, "augment": aug}
 
 
 def _train_epoch(
@@ -300,19 +316,20 @@ def _train_epoch(
     opt: torch.optim.Optimizer,
     data: SplitData,
     edges: torch.Tensor,
-    gen: torch.Generator,
+    gens: dict[str, torch.Generator],
     cfg: Config,
     epoch: int,
 ) -> tuple[dict[str, float], int]:
     """One pass over the training split; returns the mean of each loss term and #images."""
-    n, bs = len(data), cfg.optim.batch_size
+    n, bs = len(data), min(cfg.optim.batch_size, len(data))
     # the last partial batch is dropped (a different random remainder each epoch): static
     # shapes for torch.compile and never a batch of one for batch norm
-    batches = batch_indices(n, min(bs, n), gen, shuffle=True, drop_last=True)
-    sums = torch.zeros(len(TERMS), device=edges.device)  # sum over batches of B * term
+    index_batches = batch_indices(n, bs, gens["order"], shuffle=True, drop_last=True)
+    device = edges.device
+    sums = torch.zeros(len(TERMS), device=device)  # sum over batches of B * term
     seen = 0
     bar = tqdm(
-        total=len(batches) * min(bs, n),
+        total=len(index_batches) * bs,
         desc=f"epoch {epoch}/{cfg.optim.epochs}",
         unit="img",
         unit_scale=True,
@@ -320,12 +337,13 @@ def _train_epoch(
         disable=not cfg.run.progress,
     )
     model.train()
-    for step, idx in enumerate(batches, 1):
-        terms = _step(step_model, model, opt, data, idx, edges, gen, cfg)
-        sums += terms * len(idx)
-        seen += len(idx)
-        bar.update(len(idx))
-        if cfg.run.progress and (step % LOG_EVERY == 0 or step == len(batches)):
+    feed = batches(data, index_batches, device, resident=cfg.data.resident)
+    for step, batch in enumerate(feed, 1):
+        terms = _step(step_model, model, opt, batch, edges, gens["augment"], cfg)
+        sums += terms * bs
+        seen += bs
+        bar.update(bs)
+        if cfg.run.progress and (step % LOG_EVERY == 0 or step == len(index_batches)):
             means = (sums / seen).tolist()  # one host sync every LOG_EVERY steps
             bar.set_postfix({k: f"{v:.4g}" for k, v in zip(TERMS, means, strict=True)})
     bar.close()
@@ -337,16 +355,19 @@ def _step(
     step_model: Callable[..., torch.Tensor],
     model: torch.nn.Module,
     opt: torch.optim.Optimizer,
-    data: SplitData,
-    idx: torch.Tensor,
+    batch: Batch,
     edges: torch.Tensor,
     gen: torch.Generator,
     cfg: Config,
 ) -> torch.Tensor:
-    """One optimiser step on the batch ``idx``; returns the (len(TERMS),) detached terms."""
+    """One optimiser step on ``batch``; returns the (len(TERMS),) detached loss terms.
+
+    ``gen`` (on the device) draws the augmentations; ``model`` is the uncompiled module
+    (for the L2 sum), ``step_model`` the one to call (compiled or not).
+    """
     w = cfg.loss
-    x = _batch_images(data.images, idx, cfg)  # (B, 5, 64, 64) float32 nanomaggies
-    ebv, zs = data.ebv[idx], data.zs[idx]
+    x = _on_device(batch.images, edges.device, cfg)  # (B, 5, 64, 64) float32 nanomaggies
+    ebv, zs = batch.ebv, batch.zs
     with _autocast(x.device, cfg):
         logits = step_model(augment(x, gen) if w.augment else x, ebv)  # (B, C)
     p = torch.softmax(logits.float(), dim=1)
@@ -354,8 +375,8 @@ def _step(
     weights = {"ce": 1.0, "l2": w.g_l2, "flux": w.g_flux, "inv": w.g_inv, "cde": w.g_cde}
     nan = torch.full((), float("nan"), device=x.device)
     with torch.set_grad_enabled(w.g_flux > 0):
-        table = data.flux_table
-        terms["flux"] = flux_loss(p, table[idx]) if table is not None else nan
+        table = batch.flux_table
+        terms["flux"] = flux_loss(p, table) if table is not None else nan
     with torch.set_grad_enabled(w.g_cde > 0):
         terms["cde"] = cde_loss(p, zs, edges)
     terms["inv"] = nan
@@ -372,8 +393,9 @@ def _step(
     return torch.stack([terms[k].detach().float() for k in TERMS[:-1]] + [total.detach()])
 
 
-def _batch_images(images: torch.Tensor, idx: torch.Tensor, cfg: Config) -> torch.Tensor:
-    x = images[idx].float()  # float16 storage is cast once per batch
+def _on_device(images: torch.Tensor, device: torch.device, cfg: Config) -> torch.Tensor:
+    """A batch of images as float32 on the device (float16 storage is cast once per batch)."""
+    x = images.to(device, non_blocking=True).float()
     if x.is_cuda and cfg.run.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
@@ -391,13 +413,15 @@ def _predict(
 ) -> tuple[np.ndarray, float]:
     """(N, C) float64 probabilities of a split (no augmentation, eval mode) and its mean CE."""
     model.eval()
-    ps, ce = [], torch.zeros((), device=edges.device)
+    device = edges.device
+    ps, ce = [], torch.zeros((), device=device)
     for s in range(0, len(data), cfg.optim.eval_batch_size):
         sl = slice(s, s + cfg.optim.eval_batch_size)
-        x = _batch_images(data.images[sl], torch.arange(len(data.zs[sl])), cfg)
-        with _autocast(x.device, cfg):
-            logits = model(x, data.ebv[sl]).float()
-        ce += cross_entropy(logits, data.zs[sl], edges) * len(x)
+        x = _on_device(data.images[sl], device, cfg)
+        ebv, zs = data.ebv[sl].to(device), data.zs[sl].to(device)
+        with _autocast(device, cfg):
+            logits = model(x, ebv).float()
+        ce += cross_entropy(logits, zs, edges) * len(x)
         ps.append(torch.softmax(logits, dim=1))
     model.train()
     p = torch.cat(ps).double().cpu().numpy()
@@ -415,7 +439,7 @@ def _save_checkpoint(
     model: torch.nn.Module,
     opt: torch.optim.Optimizer,
     sched: Any,
-    gen: torch.Generator,
+    gens: dict[str, torch.Generator],
     history: list[dict[str, Any]],
 ) -> None:
     path.parent.mkdir(exist_ok=True)
@@ -424,7 +448,7 @@ def _save_checkpoint(
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
-        "generator": gen.get_state(),
+        "generators": {k: g.get_state() for k, g in gens.items()},
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "history": history,
@@ -437,14 +461,15 @@ def _load_checkpoint(
     model: torch.nn.Module,
     opt: torch.optim.Optimizer,
     sched: Any,
-    gen: torch.Generator,
+    gens: dict[str, torch.Generator],
     device: torch.device,
 ) -> list[dict[str, Any]]:
     state = torch.load(path, map_location=device, weights_only=False)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    gen.set_state(state["generator"].cpu())
+    for k, g in gens.items():
+        g.set_state(state["generators"][k].cpu())
     torch.set_rng_state(state["torch_rng"].cpu())
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
@@ -460,7 +485,7 @@ def _finish(
     history: list[dict[str, Any]],
 ) -> RunResult:
     """Evaluate the test split; write predictions.h5, history.parquet, then metrics.json."""
-    test_data = load_split(info.path, "test", device, getattr(torch, cfg.data.image_dtype))
+    test_data = _load(info, "test", device, cfg)
     edges = torch.as_tensor(info.bin_edges, dtype=torch.float32, device=device)
     p_test, _ = _predict(model, test_data, edges, cfg)
     zs_test = _file_zs(info.path, test_data.index)
