@@ -1,0 +1,396 @@
+"""Ray Tune orchestration: the trainable, Optuna with paired seeds, and the study directory.
+
+Ray stays at the edge: ``trainable`` turns a trial's config dict into the dataclasses of
+``study.config`` and calls the same ``study.train.train`` as ``python -m study.train``, reporting
+each epoch with ``ray.tune.report`` and its checkpoint with ``ray.tune.Checkpoint``.
+
+Paired seeds. For an ``optuna`` search, ``ray.tune.search.Repeater`` wraps ``OptunaSearch`` (TPE,
+seeded, a conditional define-by-run space) so that every sampled configuration runs once per
+seed of the fixed seed list (``config["__trial_index__"]`` indexes it) and Optuna is told the
+seed mean. A ``grid`` search (the ablation) is a plain ``tune.grid_search`` over group x seed.
+
+The study directory (SPEC 8)::
+
+    STUDY_DIR/
+      study.json           what --resume needs (the command's resolved settings)
+      search_space.yaml    the resolved search space
+      provenance.json      git commit, dataset hash, package versions, devices
+      optuna.journal       Optuna's storage (optuna-dashboard STUDY_DIR/optuna.journal)
+      ray/tune/            the Ray Tune experiment (Tuner.restore), unless --storage elsewhere
+      configs/<id>.json    each configuration's parameters and group label
+      runs/<id>-s<seed>/   each train() run directory (config.yaml, metrics.json, ...)
+      frame.parquet        one row per (configuration, seed), built from runs/*/metrics.json
+      history.parquet      every run's per-epoch history with config_id and seed
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from study import search_space as ss
+from study.search_space import SearchSpace
+
+EXPERIMENT = "tune"  # Ray Tune experiment name under the storage path
+OPTUNA_STUDY = "photoz-study"  # the study's name inside the Optuna journal
+JOURNAL = "optuna.journal"
+METRICS = (*ss.METRICS[:7], "cde_loss_se", *ss.METRICS[7:])  # SPEC 3, with the CDE loss's s.e.
+# Test hook: "<group>:<seed>" makes that trial raise once after its first epoch (a marker file in
+# STUDY_DIR/faults/ remembers it), so tests can check the retry from the checkpoint.
+FAIL_ONCE_ENV = "PHOTOZ_STUDY_FAIL_ONCE"
+
+
+def config_id(group: str, overrides: dict[str, Any]) -> str:
+    """Short, deterministic id of a configuration: hash of its base group and parameter values."""
+    text = json.dumps({"group": group, **overrides}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def run_name(cid: str, seed: int) -> str:
+    """``runs/<config_id>-s<seed>``: one run directory per (configuration, seed)."""
+    return f"{cid}-s{seed}"
+
+
+# ---- the trainable -----------------------------------------------------------------------
+
+
+def trial_plan(config: dict[str, Any]) -> dict[str, Any]:
+    """What one trial runs: label, seed, config id, resolved ``study.config.Config``, run dir."""
+    from study.config import make_config
+
+    st = config["study"]
+    space = ss.parse(st["space"], st["space_path"])
+    if space.kind == "grid":
+        group, seed, values = config["group"], int(config["seed"]), {}
+        label = make_group = group
+    else:
+        seed = space.seeds[int(config["__trial_index__"])]
+        values = ss.values_of(space, config)
+        label = ss.label(space, values)
+        make_group = label if label in ss.GROUPS else space.base_group
+    overrides = {**space.fixed, **{ss.PARAM_KEYS.get(k, k): v for k, v in values.items()}}
+    cid = config_id(make_group, overrides)
+    if st.get("epochs"):
+        overrides["optim.epochs"] = int(st["epochs"])
+    data = st["data_path"]
+    # The driver built/read the file; another node without it builds its own cached copy.
+    if not (st["data_default"] and not Path(data).is_file()):
+        overrides["data.path"] = data
+    cfg = make_config(st["preset"], make_group, seed, overrides)
+    if label == "search":
+        cfg = replace(cfg, group="custom")
+    study_dir = Path(st["study_dir"])
+    return {
+        "label": label,
+        "seed": seed,
+        "config_id": cid,
+        "config": cfg,
+        "study_dir": study_dir,
+        "run_dir": study_dir / "runs" / run_name(cid, seed),
+    }
+
+
+def _write_config_record(plan: dict[str, Any]) -> None:
+    cfg = plan["config"]
+    record = {
+        "config_id": plan["config_id"],
+        "group": plan["label"],
+        "g_flux": cfg.loss.g_flux,
+        "g_inv": cfg.loss.g_inv,
+        "g_cde": cfg.loss.g_cde,
+        "lr": cfg.optim.lr,
+        "augment": cfg.loss.augment,
+    }
+    path = plan["study_dir"] / "configs" / f"{plan['config_id']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)  # atomic: the K trials of a configuration write the same record
+
+
+def final_result(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A run's ``metrics.json`` as one flat Tune result (``val_cde_loss``, ``test_ks``, ...)."""
+    out: dict[str, Any] = {}
+    for split in ("val", "test"):
+        out.update({f"{split}_{k}": v for k, v in metrics.get(split, {}).items()})
+    for key in ("epochs", "train_seconds"):
+        if key in metrics:
+            out[key] = metrics[key]
+    return out
+
+
+def _scalars(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if isinstance(v, int | float | str | bool)}
+
+
+def trainable(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: one (configuration, seed) pair, resumable from a checkpoint."""
+    from ray import tune
+
+    from study.train import train
+
+    plan = trial_plan(config)
+    run_dir: Path = plan["run_dir"]
+    tags = {"config_id": plan["config_id"], "seed": plan["seed"], "group": plan["label"]}
+    _write_config_record(plan)
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.is_file():  # finished before (a resumed study, or a re-run trial): reuse it
+        tune.report({**final_result(json.loads(metrics_file.read_text())), **tags})
+        return
+    checkpoint = tune.get_checkpoint()
+    # A retry resumes from the last reported epoch; train() needs the run's config.yaml for that.
+    resume = checkpoint is not None and (run_dir / "config.yaml").is_file()
+    if resume:
+        with checkpoint.as_directory() as src:
+            shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+            shutil.copytree(src, run_dir / "checkpoint")
+    elif run_dir.exists():  # an attempt that died before its first checkpoint: start over
+        shutil.rmtree(run_dir)
+    fail_marker = _fail_marker(plan)
+
+    def on_epoch(row: dict[str, Any], checkpoint_dir: Path) -> None:
+        tune.report(
+            {**_scalars(row), **tags}, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir)
+        )
+        if fail_marker is not None and not fail_marker.exists():
+            fail_marker.parent.mkdir(parents=True, exist_ok=True)
+            fail_marker.touch()
+            raise RuntimeError(
+                f"{FAIL_ONCE_ENV}: injected failure after an epoch of {run_dir.name}"
+            )
+
+    result = train(plan["config"], run_dir, resume=resume, on_epoch=on_epoch)
+    tune.report({**final_result(result.metrics), **tags})
+
+
+def _fail_marker(plan: dict[str, Any]) -> Path | None:
+    want = os.environ.get(FAIL_ONCE_ENV, "")
+    if want != f"{plan['label']}:{plan['seed']}":
+        return None
+    return plan["study_dir"] / "faults" / run_name(plan["config_id"], plan["seed"])
+
+
+# ---- the Tuner -----------------------------------------------------------------------------
+
+
+def storage_path(study_dir: Path, storage: str | None) -> str:
+    """Where Ray Tune keeps the experiment: ``--storage`` (s3://..., NFS) or ``STUDY_DIR/ray``."""
+    return storage or str((study_dir / "ray").resolve())
+
+
+def experiment_path(settings: dict[str, Any]) -> str:
+    """The Tune experiment's path (what ``Tuner.restore`` takes)."""
+    return (
+        storage_path(Path(settings["study_dir"]), settings.get("storage")).rstrip("/")
+        + "/"
+        + EXPERIMENT
+    )
+
+
+def _searcher(space: SearchSpace, study_dir: Path) -> Any:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from ray.tune.search import Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage = JournalStorage(JournalFileBackend(str(study_dir / JOURNAL)))
+    optuna_search = OptunaSearch(
+        space=ss.define_by_run(space),
+        metric=space.metric,
+        mode=space.mode,
+        points_to_evaluate=[ss.optuna_point(space, p) for p in space.reference_points] or None,
+        sampler=optuna.samplers.TPESampler(seed=space.sampler_seed),
+        study_name=OPTUNA_STUDY,
+        storage=storage,
+    )
+    return Repeater(optuna_search, repeat=len(space.seeds), set_index=True)
+
+
+def _reporter(space: SearchSpace) -> Any:
+    from ray.tune import CLIReporter
+
+    params = ["group", "g_flux", "g_inv", "g_cde", "lr"] if space.kind == "optuna" else []
+    return CLIReporter(
+        parameter_columns=params,
+        metric_columns={
+            "config_id": "config",
+            "seed": "seed",
+            "epoch": "epoch",
+            space.metric: space.metric,
+        },
+        max_report_frequency=30,
+        sort_by_metric=False,
+    )
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial directory names (the default would spell out the whole config)."""
+    return f"trial_{trial.trial_id}"
+
+
+def _trainable_with_resources(settings: dict[str, Any]) -> Any:
+    from ray import tune
+
+    resources = {"cpu": settings["cpus_per_trial"], "gpu": settings["gpus_per_trial"]}
+    return tune.with_resources(trainable, resources)
+
+
+def make_tuner(settings: dict[str, Any], space: SearchSpace) -> Any:
+    """A new Tuner for the study described by ``settings`` (the contents of ``study.json``)."""
+    from ray import tune
+
+    study_dir = Path(settings["study_dir"])
+    constants = {
+        "study": {
+            "study_dir": str(study_dir),
+            "space": space.to_dict(),
+            "space_path": space.path,
+            "preset": settings["preset"],
+            "epochs": settings.get("epochs"),
+            "data_path": settings["data_path"],
+            "data_default": settings["data_default"],
+        }
+    }
+    if space.kind == "grid":
+        param_space = {
+            **constants,
+            "group": tune.grid_search(space.groups),
+            "seed": tune.grid_search(space.seeds),
+        }
+        tune_config = tune.TuneConfig(
+            num_samples=1,
+            reuse_actors=True,  # one worker process per CPU slot: no torch import per trial
+            trial_dirname_creator=trial_dirname,
+            trial_name_creator=trial_dirname,
+        )
+    else:
+        param_space = constants
+        tune_config = tune.TuneConfig(
+            search_alg=_searcher(space, study_dir),
+            num_samples=space.num_samples * len(space.seeds),  # trials = configurations x K
+            reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+            trial_name_creator=trial_dirname,
+        )
+    run_config = tune.RunConfig(
+        name=EXPERIMENT,
+        storage_path=storage_path(study_dir, settings.get("storage")),
+        failure_config=tune.FailureConfig(max_failures=settings.get("max_failures", 2)),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        progress_reporter=_reporter(space),
+        verbose=settings.get("verbose", 1),
+    )
+    return tune.Tuner(
+        _trainable_with_resources(settings),
+        param_space=param_space,
+        tune_config=tune_config,
+        run_config=run_config,
+    )
+
+
+def restore_tuner(settings: dict[str, Any]) -> Any:
+    """The Tuner of an interrupted study: finished trials stay finished, errored ones resume."""
+    from ray import tune
+
+    return tune.Tuner.restore(
+        experiment_path(settings),
+        trainable=_trainable_with_resources(settings),
+        resume_unfinished=True,
+        resume_errored=True,
+    )
+
+
+def can_restore(settings: dict[str, Any]) -> bool:
+    """Whether the Tune experiment got far enough to be restored (its state file exists)."""
+    from ray import tune
+
+    return tune.Tuner.can_restore(experiment_path(settings))
+
+
+# ---- results ---------------------------------------------------------------------------------
+
+
+def build_frame(study_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The frame and history of SPEC 8 from the run directories (their metrics.json is the truth).
+
+    Returns:
+        ``(frame, history)``: one row per finished (configuration, seed); every run's epochs.
+    """
+    study_dir = Path(study_dir)
+    rows, histories = [], []
+    for metrics_file in sorted((study_dir / "runs").glob("*-s*/metrics.json")):
+        run_dir = metrics_file.parent
+        cid, _, seed = run_dir.name.rpartition("-s")
+        record = json.loads((study_dir / "configs" / f"{cid}.json").read_text())
+        metrics = json.loads(metrics_file.read_text())
+        row: dict[str, Any] = {
+            "config_id": cid,
+            "seed": int(seed),
+            "group": record["group"],
+            **{k: float(record[k]) for k in ("g_flux", "g_inv", "g_cde", "lr")},
+        }
+        for split in ("val", "test"):
+            block = metrics.get(split, {})
+            for m in METRICS:
+                if m in block or m != "cde_loss_se":
+                    row[f"{split}_{m}"] = float(block.get(m, math.nan))
+        row.update(
+            epochs=int(metrics.get("epochs", -1)),
+            train_seconds=float(metrics.get("train_seconds", math.nan)),
+            device=str(metrics.get("device", "")),
+            run_dir=str(run_dir.relative_to(study_dir)),
+        )
+        rows.append(row)
+        hist_file = run_dir / "history.parquet"
+        if hist_file.is_file():
+            hist = pd.read_parquet(hist_file)
+            hist.insert(0, "seed", int(seed))
+            hist.insert(0, "config_id", cid)
+            histories.append(hist)
+    frame = pd.DataFrame(rows)
+    history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
+    return frame, history
+
+
+def write_results(study_dir: str | Path) -> pd.DataFrame:
+    """Write ``frame.parquet`` and ``history.parquet`` (atomically) and return the frame."""
+    study_dir = Path(study_dir)
+    frame, history = build_frame(study_dir)
+    for name, df in (("frame.parquet", frame), ("history.parquet", history)):
+        tmp = study_dir / f".{name}.tmp"
+        df.to_parquet(tmp, index=False)
+        tmp.replace(study_dir / name)
+    return frame
+
+
+def summary(frame: pd.DataFrame, space: SearchSpace) -> str:
+    """Each configuration's objective as mean +- std over its seeds (n stated), best first."""
+    if frame.empty:
+        return "no finished runs"
+    col = space.metric
+    cols = ["group", "g_flux", "g_inv", "g_cde", "lr"]
+    stats = frame.groupby("config_id").agg(
+        **{c: (c, "first") for c in cols}, mean=(col, "mean"), std=(col, "std"), n=(col, "size")
+    )
+    stats = stats.sort_values("mean", ascending=space.mode == "min")
+    lines = [f"{col} ({space.mode}imise), mean +- std over seeds:"]
+    for cid, r in stats.iterrows():
+        lines.append(
+            f"  {cid}  {r['group']:<12} g_flux={r.g_flux:.3g} g_inv={r.g_inv:.3g} "
+            f"g_cde={r.g_cde:.3g} lr={r.lr:.3g}:  {r['mean']:.5g} +- {r['std']:.2g} (n={r.n})"
+        )
+    best = stats.iloc[0]
+    lines.append(
+        f"best configuration {stats.index[0]} ({best['group']}): {col} = "
+        f"{best['mean']:.5g} +- {best['std']:.2g} (mean +- std, n={best.n} seeds)"
+    )
+    return "\n".join(lines)
