@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -85,10 +86,10 @@ def _interp_zero(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.T
 def flux_loss_reference(
     p: torch.Tensor,
     zs: torch.Tensor,
-    wave: torch.Tensor,
-    spectra: torch.Tensor,
+    wave: torch.Tensor | np.ndarray,
+    spectra: torch.Tensor | np.ndarray,
     edges: torch.Tensor | Sequence[float],
-    filters: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    filters: Sequence[tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]],
 ) -> torch.Tensor:
     """P_flux the paper's way: trapezoid integrals recomputed inside the graph (slow).
 
@@ -104,7 +105,8 @@ def flux_loss_reference(
         wave: (L,) observed-frame wavelength grid of the spectra, Angstrom, increasing.
         spectra: (B, L) observed F_lambda, erg/s/cm^2/A (any common scale).
         edges: (C + 1,) redshift bin edges.
-        filters: per band (wavelength in A (M,), response (M,)), e.g. the SDSS 2010 curves.
+        filters: per band (wavelength in A (M,), response (M,)), tensors or arrays, e.g.
+            ``study.data.photometry.filter_curves()`` (the SDSS 2010 curves).
 
     Returns:
         Scalar, the same quantity as ``flux_loss(p, T)`` with T built from these spectra.
@@ -112,11 +114,12 @@ def flux_loss_reference(
     e = _edges(edges, p)
     centers = 0.5 * (e[:-1] + e[1:])  # (C,)
     nu = (1.0 + centers)[None, :] / (1.0 + zs.to(p.dtype))[:, None]  # (B, C)
-    wave = wave.to(p.dtype)
-    weighted = spectra.to(p.dtype) * wave  # (B, L), F(l) * l
+    wave = torch.as_tensor(wave, device=p.device).to(p.dtype)
+    weighted = torch.as_tensor(spectra, device=p.device).to(p.dtype) * wave  # (B, L), F(l) * l
     errs, usables = [], []
     for band_wave, band_resp in filters:
-        bw, br = band_wave.to(p.dtype), band_resp.to(p.dtype)
+        bw = torch.as_tensor(band_wave, device=p.device).to(p.dtype)
+        br = torch.as_tensor(band_resp, device=p.device).to(p.dtype)
         resp_shift = _interp_zero(nu[:, :, None] * wave, bw, br)  # (B, C, L) R_b(nu l)
         phi_nu = nu**2 * torch.trapezoid(weighted[:, None, :] * resp_shift, wave, dim=-1)
         phi_1 = torch.trapezoid(weighted * _interp_zero(wave, bw, br), wave, dim=-1)  # (B,)
