@@ -191,6 +191,7 @@ def _torch_settings(config: Config, device: torch.device) -> Iterator[None]:
         torch.is_deterministic_algorithms_warn_only_enabled(),
     )
     threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
         if device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -205,6 +206,7 @@ def _torch_settings(config: Config, device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(det, warn_only=warn_only)
         torch.set_num_threads(threads)
         torch.backends.cudnn.benchmark = benchmark
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
 def train(
@@ -252,15 +254,9 @@ def _train(
     on_epoch: Callable[[dict[str, Any], Path], None] | None,
 ) -> RunResult:
     cuda = device.type == "cuda"
-    torch.manual_seed(cfg.run.seed)  # weight init
-    model = build_model(cfg.model.arch, n_bins=cfg.model.n_bins, hidden=cfg.model.hidden)
-    model = model.to(device)
-    if cuda and cfg.run.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model, mode=cfg.run.compile_mode) if cfg.run.compile else model
+    model, step_model, opt = setup_training(cfg, device)
     train_data, val_data = _load(info, "train", device, cfg), _load(info, "val", device, cfg)
     edges = torch.as_tensor(info.bin_edges, dtype=torch.float32, device=device)  # (C+1,)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, fused=cuda)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=cfg.optim.plateau_factor, patience=cfg.optim.plateau_patience
     )
@@ -290,6 +286,26 @@ def _train(
             on_epoch(row, ckpt.parent)
     del train_data, val_data
     return _finish(cfg, out, model, device, info, history)
+
+
+def setup_training(
+    cfg: Config, device: torch.device
+) -> tuple[torch.nn.Module, Callable[..., torch.Tensor], torch.optim.Optimizer]:
+    """The model (seeded init, on ``device``), the callable the step uses, and the optimiser.
+
+    Shared by ``train`` and ``benchmarks.step`` so that the benchmark times the trainer's own
+    step. On CUDA: channels_last weights (``run.channels_last``), fused Adam (one kernel for
+    all parameters); ``run.compile`` wraps the model in ``torch.compile(mode=run.compile_mode)``
+    (the uncompiled module is returned too: checkpoints, evaluation and the L2 sum use it).
+    """
+    torch.manual_seed(cfg.run.seed)  # weight init
+    model = build_model(cfg.model.arch, n_bins=cfg.model.n_bins, hidden=cfg.model.hidden)
+    model = model.to(device)
+    if device.type == "cuda" and cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model, mode=cfg.run.compile_mode) if cfg.run.compile else model
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, fused=device.type == "cuda")
+    return model, step_model, opt
 
 
 def _load(info: DatasetInfo, split: str, device: torch.device, cfg: Config) -> SplitData:
@@ -339,7 +355,7 @@ def _train_epoch(
     model.train()
     feed = batches(data, index_batches, device, resident=cfg.data.resident)
     for step, batch in enumerate(feed, 1):
-        terms = _step(step_model, model, opt, batch, edges, gens["augment"], cfg)
+        terms = train_step(step_model, model, opt, batch, edges, gens["augment"], cfg)
         sums += terms * bs
         seen += bs
         bar.update(bs)
@@ -351,7 +367,7 @@ def _train_epoch(
     return dict(zip(TERMS, means, strict=True)), seen
 
 
-def _step(
+def train_step(
     step_model: Callable[..., torch.Tensor],
     model: torch.nn.Module,
     opt: torch.optim.Optimizer,
@@ -464,7 +480,7 @@ def _load_checkpoint(
     gens: dict[str, torch.Generator],
     device: torch.device,
 ) -> list[dict[str, Any]]:
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = torch.load(path, map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])

@@ -23,7 +23,7 @@ from study.data.dataset import draw_split, load_split, write_dataset
 from study.data.stream import resident_batches
 from study.errors import UserError
 from study.model import build_model
-from study.train import TERMS, _step, main, train
+from study.train import TERMS, main, train, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 # SPEC 3: the metric names, fixed
@@ -98,7 +98,7 @@ def test_every_group_one_step_all_parameters_get_gradients(data_file, group):
     data = load_split(data_file, "train")
     (batch,) = resident_batches(data, [torch.arange(16)])
     gen = torch.Generator().manual_seed(0)
-    terms = _step(model, model, opt, batch, torch.tensor(EDGES), gen, cfg)
+    terms = train_step(model, model, opt, batch, torch.tensor(EDGES), gen, cfg)
     assert terms.shape == (len(TERMS),)
     t = dict(zip(TERMS, terms.tolist(), strict=True))
     for k in ("ce", "l2", "flux", "cde", "total"):
@@ -305,3 +305,23 @@ def test_demo_preset_learns_on_a_small_universe(tmp_path, monkeypatch):
     got = res.metrics["test"]["sigma_nmad"]
     print(f"demo universe: test sigma_nmad {got:.4f} vs n(z) reference {ref:.4f}")
     assert got < 0.6 * ref
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("resident", [True, False])
+def test_cuda_bf16_channels_last_float16_images(data_file, tmp_path, resident):
+    over = {"run.device": "cuda", "data.image_dtype": "float16", "data.resident": resident}
+    res = train(tiny(data_file, "constrained", **over), tmp_path / "run")
+    assert res.metrics["device"].startswith("cuda")
+    assert np.isfinite(res.history[["ce", "flux", "inv", "cde", "total"]].to_numpy()).all()
+    assert all(np.isfinite(v) for v in res.metrics["test"].values())
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_compiled(data_file, tmp_path):
+    over = {"run.device": "cuda", "run.compile": True, "run.compile_mode": "default"}
+    res = train(tiny(data_file, "constrained", **over), tmp_path / "run")
+    assert np.isfinite(res.history["total"]).all()
