@@ -7,7 +7,8 @@ loss sums stay on the device until the end of the epoch (no host sync per step).
 Objective per step (SPEC 2): ``L = CE + g_l2 ||theta||^2 + g_flux P_flux + g_inv P_inv +
 g_cde P_cde``. Only the terms with a nonzero weight carry gradients; P_flux and P_cde are cheap
 functions of ``p`` and are always logged (under ``no_grad`` when their weight is 0); P_inv needs
-a second forward pass and is logged only when ``g_inv > 0`` (NaN otherwise).
+a second view of the batch (in the same forward pass, see ``train_step``) and is logged only
+when ``g_inv > 0`` (NaN otherwise).
 
 The plateau schedule and the history's ``val_loss`` use the **validation cross entropy** (no
 augmentation, no penalty terms), the same number for every group, so groups are compared on the
@@ -30,12 +31,10 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +68,20 @@ from study.losses import (
 )
 from study.metrics import all_metrics
 from study.model import build_model
+from study.rundir import (
+    RunResult,
+    atomic_write,
+    device_name,
+    git_commit,
+    load_checkpoint,
+    load_run,
+    save_checkpoint,
+    write_predictions,
+)
 
 TERMS = ("ce", "l2", "flux", "inv", "cde", "total")  # logged train loss terms, per-batch means
 CHECKPOINT = "checkpoint/state.pt"
 LOG_EVERY = 50  # steps between progress-bar updates (each costs one host sync)
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    metrics: dict[str, Any]  # the content of metrics.json
-    history: pd.DataFrame  # one row per epoch (history.parquet)
 
 
 def resolve_device(config: Config) -> torch.device:
@@ -240,7 +242,7 @@ def train(
     info = read_info(data_path)
     _check_data(config, info)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "config.yaml", lambda p: save_yaml(config, p))
+    atomic_write(out / "config.yaml", lambda p: save_yaml(config, p))
     with _torch_settings(config, device):
         return _train(config, out, device, info, resume, on_epoch)
 
@@ -264,7 +266,7 @@ def _train(
     history: list[dict[str, Any]] = []
     ckpt = out / CHECKPOINT
     if resume and ckpt.is_file():
-        history = _load_checkpoint(ckpt, model, opt, sched, gens, device)
+        history = load_checkpoint(ckpt, model, opt, sched, gens, device)
     zs_val = _file_zs(info.path, val_data.index)
     for epoch in range(len(history) + 1, cfg.optim.epochs + 1):
         t0 = time.perf_counter()
@@ -281,7 +283,7 @@ def _train(
         row |= {"val_loss": val_ce, "seconds": time.perf_counter() - t0}
         row |= {"train_seconds": train_s, "images_per_s": n_images / train_s}
         history.append(row)
-        _save_checkpoint(ckpt, model, opt, sched, gens, history)
+        save_checkpoint(ckpt, model, opt, sched, gens, history)
         if on_epoch is not None:
             on_epoch(row, ckpt.parent)
     del train_data, val_data
@@ -375,17 +377,37 @@ def train_step(
     edges: torch.Tensor,
     gen: torch.Generator,
     cfg: Config,
+    *,
+    joint_views: bool = True,
 ) -> torch.Tensor:
     """One optimiser step on ``batch``; returns the (len(TERMS),) detached loss terms.
 
     ``gen`` (on the device) draws the augmentations; ``model`` is the uncompiled module
     (for the L2 sum), ``step_model`` the one to call (compiled or not).
+
+    With ``g_inv > 0`` the invariance term's second view ``Theta(B(x))`` goes through the
+    network in the same forward pass as the training view (``joint_views``: one batch of 2B,
+    as many self-supervised codes do), rather than in a second pass of B. BatchNorm then
+    normalises both views with the same batch statistics, so P_inv measures the network's
+    response to the transformation, not the difference between two batches' statistics (which
+    does not exist at evaluation time); both views are draws from the same galaxies, so the
+    pooled statistics are those of the training view with twice the sample, and running
+    statistics are updated once per step as in the other groups. One 2B pass is also faster
+    than two B passes (see BENCHMARKS.md). ``joint_views=False`` keeps the two-pass variant
+    for the benchmark; the draws are the same in both.
     """
     w = cfg.loss
     x = _on_device(batch.images, edges.device, cfg)  # (B, 5, 64, 64) float32 nanomaggies
     ebv, zs = batch.ebv, batch.zs
+    first = augment(x, gen) if w.augment else x
+    logits_view = None
     with _autocast(x.device, cfg):
-        logits = step_model(augment(x, gen) if w.augment else x, ebv)  # (B, C)
+        if w.g_inv > 0 and joint_views:
+            view = augment(x, gen)  # Theta(B(x)): a second, independent draw
+            both = step_model(torch.cat([first, view]), torch.cat([ebv, ebv]))  # (2B, C)
+            logits, logits_view = both.chunk(2)
+        else:
+            logits = step_model(first, ebv)  # (B, C)
     p = torch.softmax(logits.float(), dim=1)
     terms = {"ce": cross_entropy(logits, zs, edges), "l2": l2_penalty(model)}
     weights = {"ce": 1.0, "l2": w.g_l2, "flux": w.g_flux, "inv": w.g_inv, "cde": w.g_cde}
@@ -397,9 +419,11 @@ def train_step(
         terms["cde"] = cde_loss(p, zs, edges)
     terms["inv"] = nan
     if w.g_inv > 0:
-        view = augment(x, gen)  # Theta(B(x)): a second, independent draw
-        with _autocast(x.device, cfg):
-            p_view = torch.softmax(step_model(view, ebv).float(), dim=1)
+        if logits_view is None:  # the two-pass variant
+            view = augment(x, gen)
+            with _autocast(x.device, cfg):
+                logits_view = step_model(view, ebv)
+        p_view = torch.softmax(logits_view.float(), dim=1)
         terms["inv"] = invariance_loss(p, p_view)  # gradients through both views
     active = {k: v for k, v in terms.items() if k in ("ce", "l2") or weights[k] > 0}
     total = total_loss(active, weights)
@@ -450,48 +474,6 @@ def _file_zs(path: Path, index: np.ndarray) -> np.ndarray:
         return np.asarray(f["zs"][:], dtype=np.float64)[index]
 
 
-def _save_checkpoint(
-    path: Path,
-    model: torch.nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    gens: dict[str, torch.Generator],
-    history: list[dict[str, Any]],
-) -> None:
-    path.parent.mkdir(exist_ok=True)
-    state = {
-        "epoch": len(history),
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "generators": {k: g.get_state() for k, g in gens.items()},
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "history": history,
-    }
-    _atomic_write(path, lambda p: torch.save(state, p))
-
-
-def _load_checkpoint(
-    path: Path,
-    model: torch.nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    gens: dict[str, torch.Generator],
-    device: torch.device,
-) -> list[dict[str, Any]]:
-    state = torch.load(path, map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    for k, g in gens.items():
-        g.set_state(state["generators"][k].cpu())
-    torch.set_rng_state(state["torch_rng"].cpu())
-    if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-    return list(state["history"])
-
-
 def _finish(
     cfg: Config,
     out: Path,
@@ -505,11 +487,11 @@ def _finish(
     edges = torch.as_tensor(info.bin_edges, dtype=torch.float32, device=device)
     p_test, _ = _predict(model, test_data, edges, cfg)
     zs_test = _file_zs(info.path, test_data.index)
-    _atomic_write(
-        out / "predictions.h5", lambda p: _write_predictions(p, p_test, zs_test, test_data, info)
+    atomic_write(
+        out / "predictions.h5", lambda p: write_predictions(p, p_test, zs_test, test_data, info)
     )
     frame = pd.DataFrame(history)
-    _atomic_write(out / "history.parquet", lambda p: frame.to_parquet(p, index=False))
+    atomic_write(out / "history.parquet", lambda p: frame.to_parquet(p, index=False))
     last = history[-1]
     step_s = float(frame["train_seconds"].sum())  # time inside training steps, all epochs
     n_images = float((frame["images_per_s"] * frame["train_seconds"]).sum())
@@ -518,7 +500,7 @@ def _finish(
         "test": all_metrics(p_test, zs_test, info.bin_edges),
         "train_seconds": float(frame["seconds"].sum()),
         "epochs": len(history),
-        "device": _device_name(device),
+        "device": device_name(device),
         "n_train": info.split_counts["train"],
         "n_val": info.split_counts["val"],
         "n_test": len(test_data),
@@ -528,60 +510,11 @@ def _finish(
         "seed": cfg.run.seed,
         "data": str(info.path),
         "data_hash": info.content_hash,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "torch": torch.__version__,
     }
-    _atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2)))
+    atomic_write(out / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2)))
     return RunResult(out, metrics, frame)
-
-
-def _write_predictions(
-    path: Path, p: np.ndarray, zs: np.ndarray, data: SplitData, info: DatasetInfo
-) -> None:
-    with h5py.File(path, "w", track_order=True) as f:
-        f.create_dataset("p", data=p.astype(np.float16), track_times=False)  # (N, C)
-        f.create_dataset("zs", data=zs, track_times=False)  # (N,) float64
-        f.create_dataset("id", data=np.asarray(data.ids, dtype=np.int64), track_times=False)
-        f.create_dataset("index", data=data.index, track_times=False)  # row in the data file
-        f.attrs["bin_edges"] = info.bin_edges
-        f.attrs["data_hash"] = info.content_hash
-
-
-def load_run(run_dir: str | os.PathLike) -> RunResult:
-    """A finished run directory's metrics and history."""
-    run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    return RunResult(run_dir, metrics, pd.read_parquet(run_dir / "history.parquet"))
-
-
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write via a temporary name in the same directory, then rename (never a half file)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
-
-
-def _git_commit() -> str | None:
-    try:
-        res = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return res.stdout.strip() if res.returncode == 0 else None
 
 
 def main(argv: list[str] | None = None) -> int:
