@@ -1,0 +1,122 @@
+"""The run directory (SPEC 8): atomic writes, the resumable checkpoint, predictions, provenance.
+
+``out/config.yaml``, ``out/checkpoint/state.pt`` (rewritten atomically after every epoch),
+``out/predictions.h5``, ``out/history.parquet`` and, last, ``out/metrics.json``, whose presence
+marks a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+
+if TYPE_CHECKING:
+    from study.data.dataset import DatasetInfo, SplitData
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]  # the content of metrics.json
+    history: pd.DataFrame  # one row per epoch (history.parquet)
+
+
+def save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    gens: dict[str, torch.Generator],
+    history: list[dict[str, Any]],
+) -> None:
+    path.parent.mkdir(exist_ok=True)
+    state = {
+        "epoch": len(history),
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "generators": {k: g.get_state() for k, g in gens.items()},
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "history": history,
+    }
+    atomic_write(path, lambda p: torch.save(state, p))
+
+
+def load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    gens: dict[str, torch.Generator],
+    device: torch.device,
+) -> list[dict[str, Any]]:
+    state = torch.load(path, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    for k, g in gens.items():
+        g.set_state(state["generators"][k].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    return list(state["history"])
+
+
+def write_predictions(
+    path: Path, p: np.ndarray, zs: np.ndarray, data: SplitData, info: DatasetInfo
+) -> None:
+    with h5py.File(path, "w", track_order=True) as f:
+        f.create_dataset("p", data=p.astype(np.float16), track_times=False)  # (N, C)
+        f.create_dataset("zs", data=zs, track_times=False)  # (N,) float64
+        f.create_dataset("id", data=np.asarray(data.ids, dtype=np.int64), track_times=False)
+        f.create_dataset("index", data=data.index, track_times=False)  # row in the data file
+        f.attrs["bin_edges"] = info.bin_edges
+        f.attrs["data_hash"] = info.content_hash
+
+
+def load_run(run_dir: str | os.PathLike) -> RunResult:
+    """A finished run directory's metrics and history."""
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return RunResult(run_dir, metrics, pd.read_parquet(run_dir / "history.parquet"))
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """Write via a temporary name in the same directory, then rename (never a half file)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.getdevice_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def git_commit() -> str | None:
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return res.stdout.strip() if res.returncode == 0 else None
