@@ -19,11 +19,13 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used, so converters start fast and small
+    import torch
 
 from study.errors import UserError
 
@@ -548,7 +550,7 @@ def load_split(
     path: str | os.PathLike,
     split: str,
     device: str | torch.device = "cpu",
-    image_dtype: torch.dtype = torch.float32,
+    image_dtype: torch.dtype | None = None,
 ) -> SplitData:
     """Load one split onto ``device`` in one go, reading the file in blocks of READ_ROWS rows.
 
@@ -556,8 +558,11 @@ def load_split(
         path: a photoz-study/1 file (structure checked; run ``validate`` once for the content).
         split: "train", "val" or "test".
         device: where the tensors live (the whole split stays there during training).
-        image_dtype: torch.float32 or torch.float16 for ``images`` (float16 halves the memory).
+        image_dtype: torch.float32 (default) or torch.float16 for ``images`` (half the memory).
     """
+    import torch
+
+    image_dtype = torch.float32 if image_dtype is None else image_dtype
     if split not in SPLITS:
         raise UserError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
     p = Path(path)
@@ -580,6 +585,8 @@ def load_split(
 
 def _gather(ds: h5py.Dataset, index: np.ndarray, out: torch.Tensor, p: Path) -> None:
     """Copy rows ``index`` (sorted) of ``ds`` into ``out``, reading contiguous blocks."""
+    import torch
+
     if index.size == 0:
         return
     k = 0
@@ -608,6 +615,8 @@ def batch_indices(
     drop_last: bool = False,
 ) -> list[torch.Tensor]:
     """Index tensors for one epoch (on the generator's device), from one ``torch.randperm``."""
+    import torch
+
     dev = generator.device
     order = (
         torch.randperm(n, generator=generator, device=dev)
@@ -618,3 +627,46 @@ def batch_indices(
     if drop_last and batches and len(batches[-1]) < batch_size:
         batches.pop()
     return batches
+
+
+def resplit(
+    src: str | os.PathLike, out: str | os.PathLike, data_seed: int, *, overwrite: bool = False
+) -> Path:
+    """Copy ``src`` to a new file ``out`` with the split redrawn from ``data_seed``."""
+    src, out = Path(src), Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out}: output exists; choose another --out or pass --force")
+    if out.exists() and out.resolve() == src.resolve():
+        raise UserError(f"{out}: --out is the input file; write the new split to another path")
+    info = read_info(src)
+    split = draw_split(info.n, data_seed)
+    with _open(src) as f:
+        truth = {k: (f[f"truth/{k}"].shape[1:], f[f"truth/{k}"].dtype) for k in info.truth_fields}
+        writer = DatasetWriter(
+            out,
+            info.n,
+            bin_edges=info.bin_edges,
+            source=info.source,
+            data_seed=data_seed,
+            pixel_scale_arcsec=info.pixel_scale_arcsec,
+            image_dtype=info.image_dtype,
+            with_flux_table=info.has_flux_table,
+            truth=truth,
+            overwrite=overwrite,
+        )
+        with writer:
+            for s in range(0, info.n, READ_ROWS):
+                rows = slice(s, s + READ_ROWS)
+                table = f["flux_table"][rows] if info.has_flux_table else None
+                writer.write(
+                    s,
+                    images=f["images"][rows],
+                    zs=f["zs"][rows],
+                    ebv=f["ebv"][rows],
+                    flux=f["flux"][rows],
+                    split=split[rows],
+                    ids=f["id"][rows],
+                    flux_table=table,
+                    truth={k: f[f"truth/{k}"][rows] for k in info.truth_fields},
+                )
+    return out
