@@ -21,5 +21,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check study analysis benchmarks tests
 	$(VENV)/bin/ruff format --check study analysis benchmarks tests
 
+# The demo: the built-in synthetic universe (cached under demo/cache), a small gamma study on CPU
+# (search_spaces/demo.yaml, `demo` preset), and its report. Each run writes a new, timestamped study
+# directory (nothing is overwritten); demo/latest points at the newest one.
+DEMO_STUDY := demo/study-$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
-	$(PY) -m study.data universe --n 3000 --seed 0 --out demo/universe.h5 --force-cache
+	mkdir -p demo
+	PHOTOZ_CACHE=$(CURDIR)/demo/cache $(PY) -m study.run --search demo --preset demo --out $(DEMO_STUDY)
+	PHOTOZ_CACHE=$(CURDIR)/demo/cache $(PY) -m analysis.report $(DEMO_STUDY)
+	ln -sfn $(notdir $(DEMO_STUDY)) demo/latest
+	@echo "report: $(DEMO_STUDY)/report/report.html (also demo/latest/report/report.html)"
