@@ -168,3 +168,31 @@ def test_batch_indices_cover_once():
     assert torch.cat(batch_indices(5, 2, g, shuffle=False)).tolist() == [0, 1, 2, 3, 4]
     again = batch_indices(10, 4, torch.Generator().manual_seed(0))
     assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))
+
+
+def test_float16_file_and_overflow(tmp_path):
+    a = make_arrays()
+    path = write(tmp_path / "h.h5", image_dtype="float16")
+    assert validate(path).image_dtype == "float16"
+    d = load_split(path, "test")
+    assert torch.equal(d.images, torch.from_numpy(a["images"][d.index].astype(np.float16)).float())
+    big = a["images"].copy()
+    big[2, 0, 0, 0] = 1e6  # beyond float16's 65504
+    with pytest.raises(UserError, match=r"'images' overflows float16 at index 2"):
+        write(tmp_path / "o.h5", images=big, image_dtype="float16")
+    assert not (tmp_path / "o.h5").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_load_split_onto_cuda(tmp_path):
+    path = write(tmp_path / "d.h5")
+    cpu = load_split(path, "train")
+    gpu = load_split(path, "train", device="cuda", image_dtype=torch.float16)
+    assert gpu.images.device.type == "cuda" and gpu.images.dtype == torch.float16
+    assert torch.equal(gpu.images.cpu(), cpu.images.half())
+    assert torch.equal(gpu.zs.cpu(), cpu.zs) and torch.equal(gpu.flux_table.cpu(), cpu.flux_table)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    batches = batch_indices(len(gpu), 16, g)
+    assert batches[0].device.type == "cuda"
+    assert gpu.images[batches[0]].shape == (16, 5, 64, 64)

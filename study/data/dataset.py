@@ -224,7 +224,8 @@ class DatasetWriter:
             raise ValueError(f"write({start}, m={m}): missing {missing} or rows out of range")
         for name, value in rows.items():
             shape, dtype, _ = self.specs[name]
-            arr = np.ascontiguousarray(np.asarray(value).astype(dtype, copy=False))
+            with np.errstate(over="ignore"):  # float16 overflow is reported just below
+                arr = np.ascontiguousarray(np.asarray(value).astype(dtype, copy=False))
             if arr.shape != (m, *shape[1:]):
                 raise ValueError(f"{name}: shape {arr.shape}, expected {(m, *shape[1:])}")
             if name == "images" and dtype == np.float16:
