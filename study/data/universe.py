@@ -1,0 +1,381 @@
+"""The synthetic SDSS-like universe: ``python -m study.data universe --n N --seed S --out F.h5``.
+
+Writes a photoz-study/1 file (SPEC 5) with a ``truth/`` group, from real ingredients: the
+Blanton et al. (2003) luminosity function over Planck18 volumes with the r < 17.77 main-sample
+cut (``population.py``), kcorrect template SEDs through the SDSS filters (``sed.py``), and
+bulge + disk cutouts with PSF, sky and noise (``render.py``).
+
+Determinism: galaxies come in fixed blocks of 1024, each with its own random streams keyed by
+``(seed, block)``, and all batched math runs per fixed block (no BLAS, single-threaded
+numpy), so the same seed gives a byte-identical file for any ``chunk``, any number of
+``workers`` and any machine with the same numpy; a universe of n galaxies is the first n of
+the seed's sequence. The split is ``dataset.draw_split(n, data_seed)``.
+
+Flux and spectrum conventions:
+- ``flux`` is each galaxy's noiseless total band flux as observed (nanomaggies, Galactic
+  extinction applied per band as 10^(-0.4 R_b E(B-V))); the cutout's pixel sum recovers it up
+  to noise, neighbours and the light beyond the 64 x 64 frame.
+- The "known spectrum" behind ``flux_table`` is the intrinsic observed-frame spectrum
+  (redshifted template mix, no Galactic extinction: extinction is smooth and enters T only as
+  a per-band ratio close to 1) on the spectrograph range (default 3800-9200 A, ``--spectral-
+  range``), zero outside it, sampled on the template grid: ``sed.FluxTableMaker``.
+- ``truth/coeffs_bulge`` and ``truth/coeffs_disk`` are kcorrect template coefficients (flux at
+  10 pc): the observed spectrum is ``(10 pc / D_L)^2 sum_k a_k S_k(l/(1+z)) / (1+z)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import multiprocessing as mp
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from study.data import population as pop_mod
+from study.data import render as render_mod
+from study.data import sed
+from study.data.dataset import DatasetWriter, draw_split
+from study.errors import UserError
+
+VERSION = 1  # bump when the physics changes: cached universes are keyed by it
+DEFAULT_RANGE = (3800.0, 9200.0)  # A, the SDSS spectrograph
+BLOCK = pop_mod.BLOCK
+CATALOGUE_TRUTH: dict[str, tuple[tuple[int, ...], str]] = {
+    "abs_mag_r01": ((), "<f4"),  # M_{0.1r} (h = 0.6766), Blanton et al. 2003's band
+    "r_dered": ((), "<f4"),  # apparent r without extinction (< 17.77)
+    "red": ((), "u1"),  # 1 red sequence, 0 blue cloud
+    "sed_t": ((), "<f4"),  # position on the blue (0) - red (1) template axis
+    "bulge_frac": ((), "<f4"),  # bulge-to-total in ^{0.1}r light
+    "coeffs_bulge": ((5,), "<f8"),  # kcorrect coefficients (flux at 10 pc)
+    "coeffs_disk": ((5,), "<f8"),
+    "flux_bulge": ((5,), "<f4"),  # nanomaggies, extinction applied
+    "flux_disk": ((5,), "<f4"),
+    "re_bulge_arcsec": ((), "<f4"),  # de Vaucouleurs half-light radius (major axis)
+    "re_disk_arcsec": ((), "<f4"),  # exponential half-light radius (major axis)
+    "q_bulge": ((), "<f4"),
+    "q_disk": ((), "<f4"),
+    "pa_rad": ((), "<f4"),  # position angle of both components
+    "offset_px": ((2,), "<f4"),  # centre (x, y) relative to pixel (32, 32)
+}
+IMAGE_TRUTH: dict[str, tuple[tuple[int, ...], str]] = {
+    "psf_fwhm_arcsec": ((5,), "<f4"),
+    "neighbour_kind": ((), "u1"),  # 0 none, 1 galaxy, 2 star
+    "neighbour_offset_px": ((2,), "<f4"),
+    "neighbour_flux": ((5,), "<f4"),  # nanomaggies
+    "neighbour_re_arcsec": ((), "<f4"),
+    "neighbour_q": ((), "<f4"),
+    "neighbour_pa_rad": ((), "<f4"),
+    "spectral_range_A": ((2,), "<f4"),  # where the spectrum behind flux_table is known
+}
+_RENAME = {"abs_mag": "abs_mag_r01", "t": "sed_t"}
+
+
+def bin_edges(n_bins: int = 180, z_max: float = 0.4) -> np.ndarray:
+    """Equal redshift bins on [0, z_max] (SPEC 1)."""
+    return np.linspace(0.0, z_max, n_bins + 1)
+
+
+def _catalogue_block(g: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The catalogue columns (and catalogue truth) of one population block."""
+    out = {"zs": g["zs"], "ebv": g["ebv"], "flux": g["flux"]}
+    for key, value in g.items():
+        name = _RENAME.get(key, key)
+        if name in CATALOGUE_TRUTH:
+            out[f"truth/{name}"] = value
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def flux_table_maker(n_bins: int, z_max: float, spectral_range: tuple[float, float]):
+    """The process-wide FluxTableMaker of a binning and spectral range."""
+    edges = bin_edges(n_bins, z_max)
+    return sed.FluxTableMaker(0.5 * (edges[1:] + edges[:-1]), spectral_range)
+
+
+def make_block(
+    seed: int,
+    block: int,
+    *,
+    images: bool = True,
+    table: tuple[int, float, tuple[float, float]] | None = (180, 0.4, DEFAULT_RANGE),
+    image_dtype: str = "float32",
+) -> dict[str, np.ndarray]:
+    """All columns of one block of BLOCK galaxies (rows ``block * BLOCK`` onwards).
+
+    Args:
+        images: render cutouts (else only the catalogue: ``build_catalogue``'s fast path).
+        table: (n_bins, z_max, spectral_range) for ``flux_table``, or None for no table.
+    """
+    g = pop_mod.population().draw_block(seed, block)
+    out = _catalogue_block(g)
+    if table is not None:
+        maker = flux_table_maker(*table)
+        coeffs = g["coeffs_bulge"] + g["coeffs_disk"]
+        out["flux_table"] = maker(coeffs, g["zs"]).astype(np.float32)
+        out["truth/spectral_range_A"] = np.tile(np.float32(table[2]), (BLOCK, 1))
+    if images:
+        imgs, obs = render_mod.renderer().render_block(g, seed, block)
+        out["images"] = imgs.astype(image_dtype, copy=False)
+        out |= {f"truth/{k}": v for k, v in obs.items()}
+    return out
+
+
+def _concat(blocks: list[dict[str, np.ndarray]], n: int) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([b[k] for b in blocks])[:n] for k in blocks[0]}
+
+
+def build_catalogue(
+    n: int,
+    seed: int = 0,
+    *,
+    flux_table: bool = False,
+    n_bins: int = 180,
+    z_max: float = 0.4,
+    spectral_range: tuple[float, float] = DEFAULT_RANGE,
+) -> dict[str, np.ndarray]:
+    """The universe's catalogue without images (zs, ebv, flux, catalogue truth; flux_table).
+
+    Identical, row for row, to the same columns of ``build_universe(n, seed, ...)``.
+    """
+    _check_n(n)
+    table = (n_bins, z_max, tuple(spectral_range)) if flux_table else None
+    blocks = [make_block(seed, b, images=False, table=table) for b in range(-(-n // BLOCK))]
+    return _concat(blocks, n)
+
+
+def _work(args: tuple) -> dict[str, np.ndarray]:
+    seed, block, table, image_dtype = args
+    return make_block(seed, block, images=True, table=table, image_dtype=image_dtype)
+
+
+def _blocks(
+    seed: int, n_blocks: int, table: tuple, image_dtype: str, workers: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield the blocks in order, computed by `workers` forked processes (bounded look-ahead)."""
+    tasks = [(seed, b, table, image_dtype) for b in range(n_blocks)]
+    if workers <= 1 or n_blocks <= 1:
+        yield from map(_work, tasks)
+        return
+    # build the tables once here; forked workers inherit them (copy on write)
+    pop_mod.population(), render_mod.renderer(), flux_table_maker(*table)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+        pool = mp.get_context("fork").Pool(workers)
+    try:
+        pending = [pool.apply_async(_work, (t,)) for t in tasks[: 2 * workers]]
+        for i in range(n_blocks):
+            result = pending[i].get()
+            if i + 2 * workers < n_blocks:
+                pending.append(pool.apply_async(_work, (tasks[i + 2 * workers],)))
+            pending[i] = None  # type: ignore[call-overload]  # free the block once consumed
+            yield result
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _check_n(n: Any) -> None:
+    if not isinstance(n, int | np.integer) or n < 1:
+        raise UserError(f"--n must be a whole number >= 1, got {n!r}; pass e.g. --n 4000")
+
+
+def check_args(
+    n: int,
+    out: str | os.PathLike,
+    image_dtype: str,
+    spectral_range: tuple[float, float],
+    n_bins: int = 180,
+    z_max: float = 0.4,
+    overwrite: bool = False,
+) -> Path:
+    """Validate a build's arguments before any work; returns the output path."""
+    _check_n(n)
+    if image_dtype not in ("float32", "float16"):
+        raise UserError(f"--dtype must be float32 or float16, got {image_dtype!r}")
+    lo, hi = spectral_range
+    if not 2200.0 <= lo < hi <= 12500.0:
+        raise UserError(
+            f"--spectral-range {lo:g} {hi:g}: need 2200 <= A < B <= 12500 Angstrom "
+            "(the templates' coverage at z <= 0.45); e.g. --spectral-range 3800 9200"
+        )
+    if n_bins < 1 or not 0 < z_max <= 1:
+        raise UserError(f"bins: need n_bins >= 1 and 0 < z_max <= 1, got {n_bins}, {z_max}")
+    path = Path(out)
+    if path.exists() and not overwrite:
+        raise UserError(f"{path}: --out exists; choose another path or pass --force")
+    if path.is_dir():
+        raise UserError(
+            f"{path}: --out is a directory; give a file name such as {path}/universe.h5"
+        )
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{path}: --out is not writable ({parent} is read-only); choose another path"
+        )
+    return path
+
+
+def build_universe(
+    n: int,
+    seed: int,
+    out: str | os.PathLike,
+    *,
+    chunk: int = 4096,
+    image_dtype: str = "float32",
+    spectral_range: tuple[float, float] = DEFAULT_RANGE,
+    n_bins: int = 180,
+    z_max: float = 0.4,
+    data_seed: int = 0,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Build the universe file (atomically: a temporary name, renamed when complete).
+
+    Args:
+        chunk: galaxies per HDF5 write; does not change a byte of the file.
+        workers: processes rendering blocks (default: the CPU count, at most 8).
+        progress: show a tqdm bar on stderr.
+
+    Returns:
+        The path written. Memory stays bounded (about 0.4 GB per worker) for any n.
+    """
+    path = check_args(n, out, image_dtype, spectral_range, n_bins, z_max, overwrite)
+    if chunk < 1:
+        raise UserError(f"chunk must be >= 1, got {chunk}")
+    workers = min(os.cpu_count() or 1, 8) if workers is None else max(1, int(workers))
+    table = (int(n_bins), float(z_max), (float(spectral_range[0]), float(spectral_range[1])))
+    truth = dict(CATALOGUE_TRUTH) | IMAGE_TRUTH
+    split = draw_split(n, data_seed)
+    n_blocks = -(-n // BLOCK)
+    writer = DatasetWriter(
+        path,
+        n,
+        bin_edges=bin_edges(n_bins, z_max),
+        source="synthetic",
+        data_seed=data_seed,
+        pixel_scale_arcsec=render_mod.PIXEL_SCALE,
+        image_dtype=image_dtype,
+        with_flux_table=True,
+        truth={k: v for k, v in truth.items()},
+        overwrite=overwrite,
+    )
+    bar = tqdm(total=n, unit="gal", desc=f"universe {path.name}", disable=not progress)
+    with writer, bar:
+        start, held = 0, []  # rows not yet written, as a list of row dicts
+        for i, block in enumerate(_blocks(seed, n_blocks, table, image_dtype, workers)):
+            held.append(block)
+            size = sum(len(h["zs"]) for h in held)
+            last = i == n_blocks - 1
+            if size < chunk and not last:
+                continue
+            rows = _concat(held, min(size, n - start))
+            size = len(rows["zs"])
+            done = 0
+            while size - done >= chunk or (last and done < size):
+                m = min(chunk, size - done)
+                _write(writer, start, {k: v[done : done + m] for k, v in rows.items()}, split)
+                start, done = start + m, done + m
+                bar.update(m)
+            held = [{k: v[done:] for k, v in rows.items()}] if done < size else []
+    return path
+
+
+def _write(
+    writer: DatasetWriter, start: int, rows: dict[str, np.ndarray], split: np.ndarray
+) -> None:
+    m = len(rows["zs"])
+    writer.write(
+        start,
+        images=rows["images"],
+        zs=rows["zs"],
+        ebv=rows["ebv"],
+        flux=rows["flux"],
+        split=split[start : start + m],
+        ids=np.arange(start, start + m, dtype=np.int64),
+        flux_table=rows["flux_table"],
+        truth={k[6:]: v for k, v in rows.items() if k.startswith("truth/")},
+    )
+
+
+def cache_dir() -> Path:
+    """$PHOTOZ_CACHE, or ~/.cache/photoz-study."""
+    env = os.environ.get("PHOTOZ_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "photoz-study"
+
+
+def cached_universe(n: int, seed: int = 0, image_dtype: str = "float32") -> Path:
+    """The universe (n, seed, dtype) in the cache dir, built once.
+
+    Safe when several processes on one node ask at once: the first takes an exclusive file
+    lock and builds (the writer renames a finished temporary file into place); the others
+    wait on the lock and then find the file.
+    """
+    _check_n(n)
+    path = cache_dir() / f"universe-v{VERSION}-n{n}-seed{seed}-{image_dtype}.h5"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import fcntl
+
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not path.exists():
+                build_universe(n, seed, path, image_dtype=image_dtype)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return path
+
+
+def add_universe_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``universe`` subcommand to ``python -m study.data``."""
+    p = subparsers.add_parser(
+        "universe",
+        help="build the synthetic SDSS-like universe (photoz-study/1 file with truth/)",
+        description=(__doc__ or "").split("\n")[0],
+    )
+    p.add_argument("--n", type=int, required=True, help="number of galaxies")
+    p.add_argument("--seed", type=int, default=0, help="universe seed (same seed, same bytes)")
+    p.add_argument("--out", required=True, help="output .h5 file (must not exist)")
+    p.add_argument("--dtype", default="float32", help="image dtype: float32 or float16")
+    p.add_argument("--spectral-range", type=float, nargs=2, default=DEFAULT_RANGE, metavar=("A", "B"),
+                   help="observed range (Angstrom) where the spectrum behind flux_table is known")  # fmt: skip
+    p.add_argument("--n-bins", type=int, default=180, help="redshift bins of flux_table")
+    p.add_argument("--z-max", type=float, default=0.4, help="upper edge of the bins")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the train/val/test split")
+    p.add_argument("--chunk", type=int, default=4096, help="galaxies per write (bytes unchanged)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="rendering processes (default: CPUs, <= 8)"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    p.set_defaults(func=universe_command)
+    return p
+
+
+def universe_command(args: argparse.Namespace) -> int:
+    """Handler of ``python -m study.data universe``; raises UserError on bad arguments."""
+    path = build_universe(
+        args.n,
+        args.seed,
+        args.out,
+        chunk=args.chunk,
+        image_dtype=args.dtype,
+        spectral_range=tuple(args.spectral_range),
+        n_bins=args.n_bins,
+        z_max=args.z_max,
+        data_seed=args.data_seed,
+        workers=args.workers,
+        overwrite=args.force,
+    )
+    print(f"wrote {path} ({args.n} galaxies, seed {args.seed}, {args.dtype} images)")
+    return 0
