@@ -282,11 +282,15 @@ def write_landscape(result: dict, out: Path, *, title: str = "") -> list[Path]:
     n = result["n_galaxies"]
     fig = figures.landscape_1d({title or "run": result["slice1d"]}, n_galaxies=n)
     paths.append(figures.save(fig, out / "landscape_1d"))
+    pngs = [(fig, out / "landscape_1d.png")]
     if "slice2d" in result:
         paths.append(out / "slice2d.npz")
         np.savez_compressed(paths[-1], axis=result["axis"], **result["slice2d"])
         fig2 = figures.landscape_2d(result["axis"], result["slice2d"], title=title, n_galaxies=n)
         paths.append(figures.save(fig2, out / "landscape_2d"))
+        pngs.append((fig2, out / "landscape_2d.png"))
+    if figures.write_pngs([f for f, _ in pngs], [p for _, p in pngs]):
+        paths += [p for _, p in pngs]
     meta = {k: result[k] for k in ("seconds", "n_galaxies", "device")}
     (out / "landscape.json").write_text(json.dumps(meta, indent=2))
     return paths

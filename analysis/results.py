@@ -207,7 +207,7 @@ def load_run(
         n_bins=int(m.get("n_bins", 180)),
         hidden=int(m.get("hidden", 1024)),
     )
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state["model"] if "model" in state else state)
     except (RuntimeError, KeyError) as exc:
@@ -223,10 +223,8 @@ def read_rows(path: str | Path, rows: np.ndarray, *, device: str | torch.device 
     Reads only those rows (sorted fancy indexing), so picking a dozen test galaxies of a
     600k-galaxy file does not load the whole test split.
     """
-    rows = np.asarray(rows, dtype=np.int64)
-    order = np.argsort(rows)
-    back = np.argsort(order)  # undo the sort after reading
-    srt = rows[order]
+    # h5py needs strictly increasing indices: read the unique sorted rows, then expand back
+    srt, back = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
     try:
         with h5py.File(path, "r") as f:
             out = {k: f[k][srt][back] for k in ("images", "ebv", "zs", "id")}

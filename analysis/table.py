@@ -35,6 +35,8 @@ COLUMNS: tuple[tuple[str, str, float], ...] = (
     ("coverage_68", "coverage 68%", 1.0),
     ("coverage_95", "coverage 95%", 1.0),
 )
+PAPER_COLUMNS = COLUMNS[:5]  # the paper's own Table 1 columns
+EXTRA_COLUMNS = COLUMNS[5:]  # RAIL variants and PIT statistics (no literature values)
 PAPER = "PNNL-36313 Table 1"
 # The paper's Table 1 (NMAD, bias, outlier fraction, CDE loss, train time [h]); None = not given.
 # Its CDE loss is on another scale than ours (SPEC 2), so compare those within a table only.
@@ -121,9 +123,9 @@ def table1(
     if literature:
         for label, group, values in LITERATURE:
             source = (
-                f"literature: {PAPER}"
+                "literature: the paper"
                 if label.startswith("paper")
-                else f"literature: quoted in {PAPER}"
+                else "literature: quoted by the paper"
             )
             rec = {"row": label, "source": source, "group": group, "config_id": "", "n": math.nan}
             for metric, _, _ in COLUMNS:
@@ -134,20 +136,32 @@ def table1(
     return pd.DataFrame(records)
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    """Markdown of ``table1``: ``mean ± std (n=seeds)`` cells; literature rows in italics."""
-    header = ["row", "source"] + [label for _, label, _ in COLUMNS]
+def _markdown_rows(table: pd.DataFrame, columns) -> list[str]:
+    header = ["row", "source"] + [label for _, label, _ in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, rec in table.iterrows():
         literature = str(rec["source"]).startswith("literature")
         cells = [f"*{rec['row']}*" if literature else f"**{rec['row']}**", str(rec["source"])]
-        for metric, _, scale in COLUMNS:
+        for metric, _, scale in columns:
             mean, std = rec[f"{metric}_mean"], rec[f"{metric}_std"]
             if literature:
                 cells.append("*" + (f"{mean * scale:.3g}" if np.isfinite(mean) else "–") + "*")
             else:
                 cells.append(format_mean_std(mean, std, int(rec[f"{metric}_n"]), scale=scale))
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """Markdown of ``table1``: ``mean ± std (n=seeds)`` cells; literature rows in italics.
+
+    Two tables: the paper's columns with the literature rows, then the RAIL variants and
+    PIT statistics (this study only; the paper gives no values for them).
+    """
+    ours = table[table["source"] == "this study"]
+    lines = ["### Table 1: the paper's metrics", ""] + _markdown_rows(table, PAPER_COLUMNS)
+    lines += ["", "### Table 1b: RAIL variants and PIT statistics (this study)", ""]
+    lines += _markdown_rows(ours, EXTRA_COLUMNS)
     notes = [
         "",
         "Cells: mean ± std over n seeds of the test-set metric (std with ddof=1). "

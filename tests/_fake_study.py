@@ -1,6 +1,9 @@
 """A fake-but-valid study directory in the SPEC 8 layout, for the analysis tests.
 
-The numbers are random, not trained: they test loading, statistics and plotting, not science.
+The metric numbers and CDEs are random, not trained: they test loading, statistics and
+plotting, not science. The data file (photoz-study/1, via study.data.dataset) and the
+checkpoints (an untrained tiny_cnn, study.train's ``checkpoint/state.pt`` format) are real,
+so the landscape and augmentation passes run on them.
 """
 
 from __future__ import annotations
@@ -11,7 +14,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+import torch
 import yaml
+
+from study.config import config_to_dict, make_config
+from study.data.dataset import write_dataset
+from study.model import build_model
 
 METRICS = (
     "sigma_nmad sigma_iqr bias bias_median outlier_frac outlier_frac_rail cde_loss cde_loss_se "
@@ -32,6 +40,28 @@ def fake_predictions(rng: np.random.Generator, n: int, n_bins: int, z_max: float
     return p, zs, edges
 
 
+def make_dataset(path: Path, n_bins: int, n: int = 64) -> np.ndarray:
+    """A small real photoz-study/1 file of noise images; returns the test rows."""
+    rng = np.random.default_rng(1)
+    split = np.zeros(n, np.uint8)
+    split[n // 2 :] = 2
+    split[n // 2 - 8 : n // 2] = 1
+    write_dataset(
+        path,
+        images=rng.normal(0, 0.1, (n, 5, 64, 64)).astype(np.float32),
+        zs=rng.uniform(0.01, 0.39, n),
+        ebv=rng.uniform(0, 0.1, n).astype(np.float32),
+        flux=rng.uniform(1, 10, (n, 5)).astype(np.float32),
+        split=split,
+        ids=np.arange(n, dtype=np.int64),
+        bin_edges=np.linspace(0, 0.4, n_bins + 1),
+        source="synthetic",
+        data_seed=0,
+        flux_table=rng.uniform(0.5, 1.5, (n, 5, n_bins)).astype(np.float32),
+    )
+    return np.flatnonzero(split == 2)
+
+
 def make_fake_study(
     root: Path,
     groups: tuple[str, ...] = ("baseline", "baseline_aug", "constrained"),
@@ -45,31 +75,35 @@ def make_fake_study(
     """Write a study directory under ``root``; ``searched`` extra configs of group 'search'."""
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
+    data = root / "data.h5"
+    test_rows = make_dataset(data, n_bins)
     configs = [
         (g, g, {"g_flux": 0.1 * (g == "constrained"), "g_inv": 0.0, "g_cde": 0.0}) for g in groups
     ]
     for i in range(searched):
         gam = {k: float(10 ** rng.uniform(-3, 0)) for k in ("g_flux", "g_inv", "g_cde")}
-        configs.append((f"trial_{i:03d}", "search", gam))
+        configs.append((f"trial{i:03d}", "search", gam))
     rows, hist = [], []
     for cid, group, gam in configs:
         for seed in seeds:
-            run = root / "runs" / f"{cid}_s{seed}"
-            run.mkdir(parents=True)
-            cfg = {
-                "preset": "tiny",
-                "group": group,
-                "model": {"arch": "tiny_cnn", "n_bins": n_bins, "z_max": 0.4},
-                "loss": {"g_l2": 1e-6, **gam, "augment": group != "baseline"},
-                "optim": {"lr": 1e-3},
-                "run": {"seed": seed},
-            }
-            (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+            run = root / "runs" / f"{cid}-s{seed}"
+            (run / "checkpoint").mkdir(parents=True)
+            base = group if group != "search" else "baseline_aug"
+            cfg = make_config("tiny", base, seed, {"model.n_bins": n_bins, "data.path": str(data)})
+            cfg_d = config_to_dict(cfg)
+            cfg_d["loss"].update(gam)
+            (run / "config.yaml").write_text(yaml.safe_dump(cfg_d))
+            torch.manual_seed(seed)
+            model = build_model("tiny_cnn", n_bins=n_bins, hidden=cfg.model.hidden)
+            torch.save(
+                {"epoch": epochs, "model": model.state_dict()}, run / "checkpoint" / "state.pt"
+            )
             p, zs, edges = fake_predictions(rng, n_test, n_bins, 0.4, 0.02 + 0.005 * rng.random())
             with h5py.File(run / "predictions.h5", "w") as f:
                 f.create_dataset("p", data=p.astype(np.float16))
                 f.create_dataset("zs", data=zs)
                 f.create_dataset("id", data=np.arange(n_test, dtype=np.int64))
+                f.create_dataset("index", data=test_rows[np.arange(n_test) % len(test_rows)])
                 f.attrs["bin_edges"] = edges
             vals = {m: float(rng.normal(0.02, 0.003)) for m in METRICS}
             (run / "metrics.json").write_text(
@@ -80,21 +114,28 @@ def make_fake_study(
                         "train_seconds": 12.0,
                         "epochs": epochs,
                         "device": "cpu",
+                        "data": str(data),
                     }
                 )
             )
+            e = np.arange(1, epochs + 1)
             h = pd.DataFrame(
                 {
-                    "epoch": np.arange(epochs),
+                    "epoch": e,
                     "lr": 1e-3,
-                    "train_ce": 4.0 - np.arange(epochs) * 0.3 + rng.normal(0, 0.05, epochs),
-                    "train_flux": 0.2 / (1 + np.arange(epochs)),
-                    "val_ce": 4.1 - np.arange(epochs) * 0.25 + rng.normal(0, 0.05, epochs),
+                    "ce": 4.0 - e * 0.3 + rng.normal(0, 0.05, epochs),
+                    "l2": 50.0,
+                    "flux": 0.2 / e,
+                    "inv": np.nan if gam["g_inv"] == 0 else 0.1 / e,
+                    "cde": -3.0 - e * 0.5,
+                    "total": 4.0 - e * 0.3,
+                    "val_loss": 4.1 - e * 0.25 + rng.normal(0, 0.05, epochs),
+                    "val_cde_loss": -3.0 - e * 0.4,
                     "seconds": 3.0,
                 }
             )
             h.to_parquet(run / "history.parquet")
-            hist.append(h.assign(config_id=cid, seed=seed, group=group))
+            hist.append(h.assign(config_id=cid, seed=seed))
             row = {"config_id": cid, "seed": seed, "group": group, **gam, "lr": 1e-3}
             for m in METRICS:
                 row[f"val_{m}"] = float(rng.normal(0.02, 0.003))
@@ -103,10 +144,34 @@ def make_fake_study(
                 epochs=epochs,
                 train_seconds=12.0 + seed,
                 device="cpu",
-                run_dir=f"runs/{cid}_s{seed}",
+                run_dir=f"runs/{cid}-s{seed}",
             )
             rows.append(row)
     pd.DataFrame(rows).to_parquet(root / "frame.parquet")
     pd.concat(hist, ignore_index=True).to_parquet(root / "history.parquet")
     (root / "provenance.json").write_text(json.dumps({"git_commit": "fake", "device": "cpu"}))
+    if searched:
+        _optuna_journal(root, configs, seeds)
     return root
+
+
+def _optuna_journal(root: Path, configs, seeds) -> None:
+    """A real Optuna journal with one finished trial per configuration (objective random)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(root / "optuna.journal")))
+    study = optuna.create_study(
+        study_name="fake", storage=storage, sampler=optuna.samplers.RandomSampler(0)
+    )
+    dist = optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)
+    rng = np.random.default_rng(3)
+    for _, _, gam in configs:
+        params = {k: max(v, 1e-4) for k, v in gam.items()}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions=dict.fromkeys(params, dist), value=float(rng.normal())
+            )
+        )

@@ -59,15 +59,15 @@ def test_gamma_study_rows_picked_on_validation(tmp_path):
         tmp_path / "s", groups=("baseline", "baseline_aug"), seeds=(0, 1), searched=5
     )
     frame = load_study(study).frame
-    frame.loc[frame["config_id"] == "trial_003", "val_cde_loss"] = -1.0  # clearly best on val
+    frame.loc[frame["config_id"] == "trial003", "val_cde_loss"] = -1.0  # clearly best on val
     t = table1(frame, best=2)
     ours = t[t["source"] == "this study"]
     assert list(ours["group"]) == ["baseline", "baseline_aug", "search", "search"]
-    assert ours.iloc[2]["config_id"] == "trial_003"
+    assert ours.iloc[2]["config_id"] == "trial003"
     assert (ours["n"] == 2).all()
     md, csv = write_table1(frame, tmp_path / "out", best=2)
     back = pd.read_csv(csv)
-    assert len(back) == 4 + len(LITERATURE) and "trial_003" in md.read_text()
+    assert len(back) == 4 + len(LITERATURE) and "trial003" in md.read_text()
 
 
 def test_load_study_and_predictions(tmp_path):

@@ -1,0 +1,111 @@
+"""python -m analysis.report on a fake study (fast) and on a real tiny study made by study.run (slow)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from _fake_study import make_fake_study
+
+from analysis import report
+from analysis.figures import cde_quantiles, pit_band
+from analysis.results import load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+ABLATION_FIGURES = ("pit", "zp_zs", "augment_baseline", "augment_baseline_aug", "augment_constrained",
+                    "learning_curves", "paired_forest", "landscape_1d")  # fmt: skip
+
+
+def _check_report(study_dir: Path, figures: tuple[str, ...]) -> str:
+    out = study_dir / "report"
+    page = (out / "report.html").read_text()
+    for name in figures:
+        assert f"id='{name}'" in page, name
+        assert (out / "figures" / f"{name}.html").is_file(), name
+    assert (out / "figures" / "plotly.min.js").is_file()  # figure files open offline
+    assert "<script src=" not in page  # report.html carries plotly.js inline: works offline
+    md = (out / "table1.md").read_text()
+    assert "Pasquet et al." in md and "(n=" in md
+    table = pd.read_csv(out / "table1.csv")
+    assert set(table["source"]) >= {"this study", "literature: the paper"}
+    return page
+
+
+def test_report_on_fake_ablation(tmp_path, capsys):
+    study = make_fake_study(tmp_path / "abl", seeds=(0, 1), n_test=200)
+    html = report.build_report(study, png=False)
+    page = _check_report(study, ABLATION_FIGURES)
+    assert html == study / "report" / "report.html"
+    assert "constrained &minus; baseline_aug (n=2 paired seeds)" in page
+    assert "cannot reach 0.05" in page
+    paired = pd.read_csv(study / "report" / "paired.csv")
+    assert set(paired["reference"]) == {"baseline", "baseline_aug"} and (paired["n"] == 2).all()
+    # refuses to overwrite (exit 2, one line), then --force rebuilds
+    args = [str(study), "--no-png", "--no-landscape", "--no-augment"]
+    assert report.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--force" in err and err.count("\n") == 1
+    assert report.main([*args, "--force"]) == 0
+
+
+def test_report_on_fake_search_has_optuna_figures(tmp_path):
+    study = make_fake_study(
+        tmp_path / "gam",
+        groups=("baseline_aug", "constrained"),
+        seeds=(0, 1),
+        searched=3,
+        n_test=100,
+    )
+    report.build_report(study, png=False, landscape=False, augmentations=False, best=2)
+    page = _check_report(
+        study, ("pit", "zp_zs", "optuna_history", "optuna_slice", "optuna_importance")
+    )
+    frame = load_study(study).frame
+    best = (
+        frame[frame["group"] == "search"]
+        .groupby("config_id")["val_cde_loss"]
+        .mean()
+        .nsmallest(2)
+        .index
+    )
+    for cid in best:  # the best configurations on validation are in the table and compared
+        assert cid in page
+
+
+def test_not_a_study_is_one_line_error(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "frame.parquet" in err
+
+
+def test_cli_runs_as_module(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(
+        [sys.executable, "-m", "analysis.report", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0 and "STUDY_DIR" in res.stdout
+
+
+def test_pit_band_and_quantiles_by_hand():
+    import numpy as np
+    from scipy import stats
+
+    lo, hi = pit_band(1000, 10)  # counts ~ Binomial(1000, 0.1): 95% interval [82, 119]
+    assert (lo, hi) == pytest.approx(tuple(np.array(stats.binom.interval(0.95, 1000, 0.1)) / 100))
+    p = np.array([[0.0, 0.5, 0.5, 0.0]])  # uniform on [0.1, 0.3] with edges 0, 0.1, ..., 0.4
+    q = cde_quantiles(p, np.linspace(0, 0.4, 5), [0.05, 0.5, 0.95])
+    np.testing.assert_allclose(q[0], [0.11, 0.2, 0.29])
+
+
+@pytest.mark.slow
+def test_report_on_real_tiny_study(tiny_study):
+    report.build_report(tiny_study, png=False)
+    _check_report(tiny_study, ABLATION_FIGURES)
