@@ -89,6 +89,7 @@ def new_settings(args: argparse.Namespace) -> tuple[dict[str, Any], ss.SearchSpa
     preset = args.preset or space.preset or "paper"
     if preset not in PRESETS:
         raise UserError(f"--preset {preset}: unknown; use one of {', '.join(PRESETS)}")
+    space.preset = preset  # the resolved space records the preset the study ran
     out = Path(args.out or f"studies/{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(

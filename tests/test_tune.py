@@ -1,0 +1,232 @@
+"""A real study on a local Ray (2 CPUs, tiny preset): paired seeds, Optuna seed means, retry, resume.
+
+One module-scoped study runs ``python -m study.run --search demo --preset tiny`` in-process with
+three configurations (the two reference points and one TPE sample) on seeds 0 and 1, and with
+one trial made to fail once after its first epoch; the tests below read what it left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from study import search_space as ss
+from study import tune as st
+from study.data.dataset import draw_split, write_dataset
+from study.run import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC3 = [
+    "sigma_nmad",
+    "sigma_iqr",
+    "bias",
+    "bias_median",
+    "outlier_frac",
+    "outlier_frac_rail",
+    "cde_loss",
+    "cde_loss_se",
+    "ks",
+    "cvm",
+    "ad",
+    "pit_outlier_rate",
+    "coverage_68",
+    "coverage_95",
+]
+COLUMNS = [
+    "config_id",
+    "seed",
+    "group",
+    "g_flux",
+    "g_inv",
+    "g_cde",
+    "lr",
+    *[f"val_{m}" for m in SPEC3],
+    *[f"test_{m}" for m in SPEC3],
+    "epochs",
+    "train_seconds",
+    "device",
+    "run_dir",
+]
+LIGHT_RAY = ["--num-cpus", "2", "--no-dashboard"]
+EDGES = np.linspace(0.0, 0.4, 181)
+
+
+def tiny_file(path: Path, n: int = 160) -> Path:
+    """A small photoz-study/1 file: a blob whose colours encode z, and a flux table (1 at nu=1)."""
+    rng = np.random.default_rng(0)
+    zs = rng.uniform(0.01, 0.39, n)
+    yy, xx = np.mgrid[:64, :64] - 31.5
+    blob = np.exp(-(xx**2 + yy**2) / 18.0)  # (64, 64)
+    colour = np.exp(np.arange(-2, 3)[None, :] * 6.0 * zs[:, None])  # (N, 5)
+    images = 4.0 * colour[:, :, None, None] * blob + 0.05 * rng.standard_normal((n, 5, 64, 64))
+    nu = (1 + 0.5 * (EDGES[:-1] + EDGES[1:]))[None, :] / (1 + zs)[:, None]  # (N, C)
+    table = nu[:, None, :] ** np.arange(1.0, 6.0)[None, :, None]  # (N, 5, C)
+    return write_dataset(
+        path,
+        images=images.astype(np.float32),
+        zs=zs,
+        ebv=rng.uniform(0.0, 0.1, n).astype(np.float32),
+        flux=np.full((n, 5), np.nan, np.float32),
+        split=draw_split(n, data_seed=0),
+        ids=np.arange(n, dtype=np.int64),
+        bin_edges=EDGES,
+        source="synthetic",
+        data_seed=0,
+        flux_table=table.astype(np.float32),
+    )
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    return tiny_file(tmp_path_factory.mktemp("data") / "tiny.h5")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, data_file) -> Path:
+    out = tmp_path_factory.mktemp("studies") / "demo"
+    os.environ[st.FAIL_ONCE_ENV] = "constrained:1"  # inherited by the local Ray's workers
+    try:
+        argv = ["--search", "demo", "--preset", "tiny", "--num-samples", "3"]
+        rc = main([*argv, "--data", str(data_file), "--out", str(out), *LIGHT_RAY])
+    finally:
+        del os.environ[st.FAIL_ONCE_ENV]
+    assert rc == 0
+    return out
+
+
+def _journal(study_dir: Path) -> optuna.Study:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(study_dir / st.JOURNAL)))
+    return optuna.load_study(study_name=st.OPTUNA_STUDY, storage=storage)
+
+
+def test_frame_has_one_row_per_configuration_and_seed(study):
+    frame = pd.read_parquet(study / "frame.parquet")
+    assert list(frame.columns) == COLUMNS
+    assert len(frame) == 6 and not frame.duplicated(["config_id", "seed"]).any()
+    seeds = frame.groupby("config_id")["seed"].apply(lambda s: sorted(s))
+    assert len(seeds) == 3 and all(s == [0, 1] for s in seeds)  # the same seeds everywhere
+    assert (frame.epochs == 2).all() and np.isfinite(frame.test_cde_loss).all()
+    for row in frame.itertuples():
+        assert row.run_dir == f"runs/{row.config_id}-s{row.seed}"
+        metrics = json.loads((study / row.run_dir / "metrics.json").read_text())
+        assert row.val_cde_loss == metrics["val"]["cde_loss"]  # the frame is the run dirs'
+        cfg = yaml.safe_load((study / row.run_dir / "config.yaml").read_text())
+        assert cfg["run"]["seed"] == row.seed and cfg["loss"]["g_cde"] == row.g_cde
+
+
+def test_reference_points_are_there(study):
+    frame = pd.read_parquet(study / "frame.parquet")
+    by_group = frame.groupby("group")
+    assert sorted(by_group.groups) == ["baseline_aug", "constrained", "search"]
+    base = frame[frame.group == "baseline_aug"]
+    assert (base[["g_flux", "g_inv", "g_cde"]] == 0).all().all() and (base.lr == 1e-3).all()
+    con = frame[frame.group == "constrained"]
+    assert (con[["g_flux", "g_inv", "g_cde"]] == 0.1).all().all() and (con.lr == 1e-3).all()
+
+
+def test_optuna_storage_holds_the_seed_means(study):
+    frame = pd.read_parquet(study / "frame.parquet")
+    trials = _journal(study).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    means = frame.groupby("config_id").val_cde_loss.mean()
+    for trial in trials:
+        values = ss.values_of(ss.load("demo"), trial.params)
+        rows = frame[(frame.lr == values["lr"]) & (frame.g_cde == values["g_cde"])]
+        assert len(rows) == 2
+        assert trial.value == pytest.approx(means[rows.config_id.iloc[0]], rel=1e-12)
+    # reference points first, in the file's order
+    assert trials[0].params == {
+        "use_g_flux": False,
+        "use_g_inv": False,
+        "use_g_cde": False,
+        "lr": 1e-3,
+    }
+    assert trials[1].params["g_flux"] == 0.1
+
+
+def test_failed_trial_was_retried_from_its_checkpoint(study):
+    """The trial that raised after epoch 1 resumed at epoch 2 and equals an uninterrupted run."""
+    from study.config import apply_overrides, load_yaml
+    from study.train import train
+
+    frame = pd.read_parquet(study / "frame.parquet")
+    row = frame[(frame.group == "constrained") & (frame.seed == 1)].iloc[0]
+    assert (study / "faults" / f"{row.config_id}-s1").is_file()
+    assert len(list((study / "ray" / st.EXPERIMENT).glob("*/error.txt"))) == 1
+    run_dir = study / row.run_dir
+    history = pd.read_parquet(run_dir / "history.parquet")
+    assert history.epoch.tolist() == [1, 2]
+    # one thread, as in the 1-CPU Ray trial (float sums depend on the thread count)
+    cfg = apply_overrides(load_yaml(run_dir / "config.yaml"), {"run.threads": 1})
+    fresh = train(cfg, study.parent / "uninterrupted")
+    assert fresh.metrics["val"] == json.loads((run_dir / "metrics.json").read_text())["val"]
+
+
+def test_history_provenance_and_dashboards(study):
+    history = pd.read_parquet(study / "history.parquet")
+    assert {"config_id", "seed", "epoch", "val_cde_loss"} <= set(history.columns)
+    assert len(history) == 6 * 2 and not history.duplicated(["config_id", "seed", "epoch"]).any()
+    prov = json.loads((study / "provenance.json").read_text())
+    assert prov["dataset"]["content_hash"] and prov["packages"]["ray"] and prov["devices"]
+    assert prov["search_space"]["seeds"] == [0, 1] and prov["search_space"]["preset"] == "tiny"
+    resolved = ss.parse(yaml.safe_load((study / "search_space.yaml").read_text()))
+    assert resolved.num_samples == 3 and resolved.seeds == [0, 1]
+    # `optuna-dashboard STUDY_DIR/optuna.journal` recognises the file as a journal storage
+    from optuna_dashboard._storage_url import get_storage
+
+    storage = get_storage(str(study / st.JOURNAL))
+    assert len(storage.get_all_studies()) == 1
+
+
+def test_config_id_is_deterministic():
+    a = st.config_id("baseline_aug", {"loss.g_flux": 0.1, "optim.lr": 1e-3})
+    b = st.config_id("baseline_aug", {"optim.lr": 1e-3, "loss.g_flux": 0.1})
+    assert a == b and len(a) == 8
+    assert st.config_id("baseline_aug", {"loss.g_flux": 0.2, "optim.lr": 1e-3}) != a
+    assert st.config_id("baseline", {"loss.g_flux": 0.1, "optim.lr": 1e-3}) != a
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_without_duplicates(tmp_path, data_file):
+    """Kill the driver (and its Ray) after the first finished trial, then --resume."""
+    out = tmp_path / "study"
+    argv = ["--search", "demo", "--preset", "tiny", "--seeds", "1", "--num-samples", "3"]
+    argv += ["--epochs", "1"]
+    cmd = [sys.executable, "-m", "study.run", *argv, "--data", str(data_file), "--out", str(out)]
+    log = (tmp_path / "driver.log").open("w")
+    # its own process group, so that the driver and the Ray it started are killed together
+    proc = subprocess.Popen(
+        [*cmd, *LIGHT_RAY], stdout=log, stderr=log, start_new_session=True, cwd=ROOT
+    )
+    try:
+        deadline = time.time() + 240
+        while not list(out.glob("runs/*/metrics.json")) and time.time() < deadline:
+            assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/metrics.json")}
+    assert 1 <= len(finished) < 3
+    assert main(["--resume", str(out), *LIGHT_RAY]) == 0
+    frame = pd.read_parquet(out / "frame.parquet")
+    assert len(frame) == 3 and not frame.duplicated(["config_id", "seed"]).any()
+    assert sorted(frame.group)[:2] == ["baseline_aug", "constrained"]
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # not rerun
+    trials = _journal(out).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert sorted(t.value for t in trials) == pytest.approx(sorted(frame.val_cde_loss), rel=1e-12)
