@@ -80,6 +80,7 @@ def trial_plan(config: dict[str, Any]) -> dict[str, Any]:
     cid = config_id(make_group, overrides)
     if st.get("epochs"):
         overrides["optim.epochs"] = int(st["epochs"])
+    overrides["run.progress"] = False  # the driver's trial table is the progress display
     data = st["data_path"]
     # The driver built/read the file; another node without it builds its own cached copy.
     if not (st["data_default"] and not Path(data).is_file()):
@@ -124,6 +125,8 @@ def final_result(metrics: dict[str, Any]) -> dict[str, Any]:
     for key in ("epochs", "train_seconds"):
         if key in metrics:
             out[key] = metrics[key]
+    if "epochs" in metrics:
+        out["epoch"] = metrics["epochs"]  # the progress table's epoch column
     return out
 
 
@@ -218,15 +221,14 @@ def _searcher(space: SearchSpace, study_dir: Path) -> Any:
 def _reporter(space: SearchSpace) -> Any:
     from ray.tune import CLIReporter
 
-    params = ["group", "g_flux", "g_inv", "g_cde", "lr"] if space.kind == "optuna" else []
+    if space.kind == "optuna":
+        params = ["g_flux", "g_inv", "g_cde", "lr"]
+        metrics = {"config_id": "config", "seed": "seed"}
+    else:
+        params, metrics = ["group", "seed"], {"config_id": "config"}
     return CLIReporter(
         parameter_columns=params,
-        metric_columns={
-            "config_id": "config",
-            "seed": "seed",
-            "epoch": "epoch",
-            space.metric: space.metric,
-        },
+        metric_columns={**metrics, "epoch": "epoch", space.metric: space.metric},
         max_report_frequency=30,
         sort_by_metric=False,
     )
@@ -372,6 +374,12 @@ def write_results(study_dir: str | Path) -> pd.DataFrame:
     return frame
 
 
+def _mean_std(r: Any, long: bool = False) -> str:
+    std = f"{r['std']:.2g}" if r.n > 1 else "n/a"
+    n = f"mean +- std over n={r.n} seeds" if long else f"n={r.n}"
+    return f"{r['mean']:.5g} +- {std} ({n})"
+
+
 def summary(frame: pd.DataFrame, space: SearchSpace) -> str:
     """Each configuration's objective as mean +- std over its seeds (n stated), best first."""
     if frame.empty:
@@ -386,11 +394,10 @@ def summary(frame: pd.DataFrame, space: SearchSpace) -> str:
     for cid, r in stats.iterrows():
         lines.append(
             f"  {cid}  {r['group']:<12} g_flux={r.g_flux:.3g} g_inv={r.g_inv:.3g} "
-            f"g_cde={r.g_cde:.3g} lr={r.lr:.3g}:  {r['mean']:.5g} +- {r['std']:.2g} (n={r.n})"
+            f"g_cde={r.g_cde:.3g} lr={r.lr:.3g}:  {_mean_std(r)}"
         )
     best = stats.iloc[0]
     lines.append(
-        f"best configuration {stats.index[0]} ({best['group']}): {col} = "
-        f"{best['mean']:.5g} +- {best['std']:.2g} (mean +- std, n={best.n} seeds)"
+        f"best configuration {stats.index[0]} ({best['group']}): {col} = {_mean_std(best, long=True)}"
     )
     return "\n".join(lines)

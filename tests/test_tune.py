@@ -230,3 +230,46 @@ def test_killed_driver_resumes_without_duplicates(tmp_path, data_file):
     trials = _journal(out).trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
     assert sorted(t.value for t in trials) == pytest.approx(sorted(frame.val_cde_loss), rel=1e-12)
+
+
+def _constants(space: ss.SearchSpace, tmp_path: Path, data: Path) -> dict:
+    study = {"study_dir": str(tmp_path), "space": space.to_dict(), "space_path": space.path}
+    study |= {"preset": "tiny", "epochs": 3, "data_path": str(data), "data_default": False}
+    return {"study": study}
+
+
+def test_trial_plan_turns_trial_configs_into_run_configs(tmp_path, data_file):
+    """What each trial trains, without Ray: the grid's group x seed and Optuna's samples."""
+    ablation = ss.load("ablation").with_overrides(seeds=2)
+    plan = st.trial_plan(
+        {**_constants(ablation, tmp_path, data_file), "group": "inv_only", "seed": 1}
+    )
+    cfg = plan["config"]
+    assert (plan["label"], plan["seed"], cfg.group, cfg.run.seed) == ("inv_only", 1, "inv_only", 1)
+    assert (cfg.loss.g_inv, cfg.loss.g_flux, cfg.loss.augment, cfg.optim.epochs) == (
+        0.1,
+        0.0,
+        True,
+        3,
+    )
+    assert cfg.data.path == str(data_file) and not cfg.run.progress
+    assert plan["run_dir"] == tmp_path / "runs" / f"{plan['config_id']}-s1"
+
+    demo = ss.load("demo")
+    sampled = {
+        "use_g_flux": False,
+        "use_g_inv": True,
+        "g_inv": 0.02,
+        "use_g_cde": False,
+        "lr": 2e-4,
+    }
+    sampled |= {"g_flux": 0.0, "g_cde": 0.0, "__trial_index__": 1}  # what OptunaSearch hands over
+    plan = st.trial_plan({**_constants(demo, tmp_path, data_file), **sampled})
+    cfg = plan["config"]
+    assert (plan["label"], plan["seed"], cfg.group) == ("search", demo.seeds[1], "custom")
+    assert (cfg.loss.g_flux, cfg.loss.g_inv, cfg.loss.g_cde, cfg.optim.lr) == (0.0, 0.02, 0.0, 2e-4)
+    assert cfg.loss.augment and cfg.loss.g_l2 == 1e-6  # base group baseline_aug, fixed g_l2
+    reference = {"use_g_flux": True, "g_flux": 0.1, "use_g_inv": True, "g_inv": 0.1}
+    reference |= {"use_g_cde": True, "g_cde": 0.1, "lr": 1e-3, "__trial_index__": 0}
+    plan = st.trial_plan({**_constants(demo, tmp_path, data_file), **reference})
+    assert (plan["label"], plan["config"].group, plan["seed"]) == ("constrained", "constrained", 0)
