@@ -198,20 +198,24 @@ class Renderer:
         np.add(img, noise, out=out)
 
     def render_block(
-        self, g: dict[str, np.ndarray], seed: int, block: int
-    ) -> tuple[np.ndarray, dict]:
-        """Images (BLOCK, 5, 64, 64) float32 and observing truth for one population block."""
+        self, g: dict[str, np.ndarray], seed: int, block: int, out: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Render one population block into ``out`` (BLOCK, 5, 64, 64); returns observing truth."""
         rng = pop_mod.block_rng(seed, block, pop_mod.STREAM_IMAGE)
         n = len(g["zs"])
         obs = self.observing(rng, n, g["ebv"])
-        images = np.empty((n, 5, N_OUT, N_OUT), np.float32)
+        buf = out if out.dtype == np.float32 else np.empty((SUB, 5, N_OUT, N_OUT), np.float32)
         for s in range(0, n, SUB):
             sl = slice(s, s + SUB)
             sub = self.noiseless(
                 {k: v[sl] for k, v in g.items()}, {k: v[sl] for k, v in obs.items()}
             )
-            self.add_noise(sub, rng, images[sl])
-        return images, obs
+            if out.dtype == np.float32:
+                self.add_noise(sub, rng, out[sl])
+            else:
+                self.add_noise(sub, rng, buf[: len(sub)])
+                out[sl] = buf[: len(sub)]
+        return obs
 
 
 @functools.lru_cache(maxsize=1)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import mmap
 import multiprocessing as mp
 import os
 import warnings
@@ -105,12 +106,14 @@ def make_block(
     images: bool = True,
     table: tuple[int, float, tuple[float, float]] | None = (180, 0.4, DEFAULT_RANGE),
     image_dtype: str = "float32",
+    image_out: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """All columns of one block of BLOCK galaxies (rows ``block * BLOCK`` onwards).
 
     Args:
         images: render cutouts (else only the catalogue: ``build_catalogue``'s fast path).
         table: (n_bins, z_max, spectral_range) for ``flux_table``, or None for no table.
+        image_out: (BLOCK, 5, 64, 64) array of ``image_dtype`` to render into (else a new one).
     """
     g = pop_mod.population().draw_block(seed, block)
     out = _catalogue_block(g)
@@ -120,8 +123,10 @@ def make_block(
         out["flux_table"] = maker(coeffs, g["zs"]).astype(np.float32)
         out["truth/spectral_range_A"] = np.tile(np.float32(table[2]), (BLOCK, 1))
     if images:
-        imgs, obs = render_mod.renderer().render_block(g, seed, block)
-        out["images"] = imgs.astype(image_dtype, copy=False)
+        if image_out is None:
+            image_out = np.empty((BLOCK, 5, 64, 64), image_dtype)
+        obs = render_mod.renderer().render_block(g, seed, block, image_out)
+        out["images"] = image_out
         out |= {f"truth/{k}": v for k, v in obs.items()}
     return out
 
@@ -149,36 +154,71 @@ def build_catalogue(
     return _concat(blocks, n)
 
 
+_SLOTS: np.ndarray | None = None  # shared image buffers of the forked workers
+
+
 def _work(args: tuple) -> dict[str, np.ndarray]:
-    seed, block, table, image_dtype = args
-    return make_block(seed, block, images=True, table=table, image_dtype=image_dtype)
+    seed, block, table, image_dtype, slot = args
+    assert _SLOTS is not None
+    out = make_block(seed, block, table=table, image_dtype=image_dtype, image_out=_SLOTS[slot])
+    del out["images"]  # already in the shared slot: only the small columns are pickled back
+    return out
 
 
-def _blocks(
-    seed: int, n_blocks: int, table: tuple, image_dtype: str, workers: int
-) -> Iterator[dict[str, np.ndarray]]:
-    """Yield the blocks in order, computed by `workers` forked processes (bounded look-ahead)."""
-    tasks = [(seed, b, table, image_dtype) for b in range(n_blocks)]
-    if workers <= 1 or n_blocks <= 1:
-        yield from map(_work, tasks)
-        return
-    # build the tables once here; forked workers inherit them (copy on write)
-    pop_mod.population(), render_mod.renderer(), flux_table_maker(*table)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-        pool = mp.get_context("fork").Pool(workers)
-    try:
-        pending = [pool.apply_async(_work, (t,)) for t in tasks[: 2 * workers]]
-        for i in range(n_blocks):
-            result = pending[i].get()
-            if i + 2 * workers < n_blocks:
-                pending.append(pool.apply_async(_work, (tasks[i + 2 * workers],)))
-            pending[i] = None  # type: ignore[call-overload]  # free the block once consumed
-            yield result
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
+class BlockSource:
+    """Blocks 0..n_blocks-1 in order, rendered by forked worker processes.
+
+    Workers render straight into shared memory (2 slots per worker), so a block's images are
+    never pickled; at most 2 blocks per worker are in flight, which bounds memory for any n.
+    A context manager: the pool is forked on entry (before any progress-bar thread starts).
+    """
+
+    def __init__(self, seed: int, n_blocks: int, table: tuple, image_dtype: str, workers: int):
+        self.seed, self.n_blocks, self.table, self.dtype = seed, n_blocks, table, image_dtype
+        self.workers = workers if n_blocks > 1 else 1
+        self.pool: Any = None
+
+    def __enter__(self) -> BlockSource:
+        global _SLOTS
+        if self.workers > 1:
+            # build the tables here once; the forked workers inherit them (copy on write)
+            pop_mod.population(), render_mod.renderer(), flux_table_maker(*self.table)
+            n_slots = 2 * self.workers
+            shape = (n_slots, BLOCK, 5, render_mod.N_OUT, render_mod.N_OUT)
+            buf = mmap.mmap(-1, int(np.prod(shape)) * np.dtype(self.dtype).itemsize)
+            _SLOTS = np.frombuffer(buf, self.dtype).reshape(shape)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+                self.pool = mp.get_context("fork").Pool(self.workers)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        global _SLOTS
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+        _SLOTS = None
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        if self.pool is None:
+            for b in range(self.n_blocks):
+                yield make_block(self.seed, b, table=self.table, image_dtype=self.dtype)
+            return
+        n_slots = 2 * self.workers
+
+        def submit(b: int) -> Any:
+            return self.pool.apply_async(
+                _work, ((self.seed, b, self.table, self.dtype, b % n_slots),)
+            )
+
+        pending = {b: submit(b) for b in range(min(n_slots, self.n_blocks))}
+        for b in range(self.n_blocks):
+            out = pending.pop(b).get()
+            assert _SLOTS is not None
+            out["images"] = _SLOTS[b % n_slots]
+            yield out  # the consumer has written the block when we resume: its slot is free
+            if b + n_slots < self.n_blocks:
+                pending[b + n_slots] = submit(b + n_slots)
 
 
 def _check_n(n: Any) -> None:
@@ -242,7 +282,8 @@ def build_universe(
     """Build the universe file (atomically: a temporary name, renamed when complete).
 
     Args:
-        chunk: galaxies per HDF5 write; does not change a byte of the file.
+        chunk: at most this many galaxies per HDF5 write (blocks of 1024 are split, never
+            merged); does not change a byte of the file.
         workers: processes rendering blocks (default: the CPU count, at most 8).
         progress: show a tqdm bar on stderr.
 
@@ -254,9 +295,9 @@ def build_universe(
         raise UserError(f"chunk must be >= 1, got {chunk}")
     workers = min(os.cpu_count() or 1, 8) if workers is None else max(1, int(workers))
     table = (int(n_bins), float(z_max), (float(spectral_range[0]), float(spectral_range[1])))
-    truth = dict(CATALOGUE_TRUTH) | IMAGE_TRUTH
     split = draw_split(n, data_seed)
     n_blocks = -(-n // BLOCK)
+    source = BlockSource(seed, n_blocks, table, image_dtype, workers)
     writer = DatasetWriter(
         path,
         n,
@@ -266,27 +307,20 @@ def build_universe(
         pixel_scale_arcsec=render_mod.PIXEL_SCALE,
         image_dtype=image_dtype,
         with_flux_table=True,
-        truth={k: v for k, v in truth.items()},
+        truth=CATALOGUE_TRUTH | IMAGE_TRUTH,
         overwrite=overwrite,
     )
-    bar = tqdm(total=n, unit="gal", desc=f"universe {path.name}", disable=not progress)
-    with writer, bar:
-        start, held = 0, []  # rows not yet written, as a list of row dicts
-        for i, block in enumerate(_blocks(seed, n_blocks, table, image_dtype, workers)):
-            held.append(block)
-            size = sum(len(h["zs"]) for h in held)
-            last = i == n_blocks - 1
-            if size < chunk and not last:
-                continue
-            rows = _concat(held, min(size, n - start))
-            size = len(rows["zs"])
-            done = 0
-            while size - done >= chunk or (last and done < size):
-                m = min(chunk, size - done)
-                _write(writer, start, {k: v[done : done + m] for k, v in rows.items()}, split)
-                start, done = start + m, done + m
-                bar.update(m)
-            held = [{k: v[done:] for k, v in rows.items()}] if done < size else []
+    with source, writer:
+        bar = tqdm(total=n, unit="gal", desc=f"universe {path.name}", disable=not progress)
+        with bar:
+            for b, block in enumerate(source):
+                start = b * BLOCK
+                rows = min(BLOCK, n - start)
+                for off in range(0, rows, chunk):  # blocks are split, never merged: no copies
+                    m = min(chunk, rows - off)
+                    piece = {k: v[off : off + m] for k, v in block.items()}
+                    _write(writer, start + off, piece, split)
+                    bar.update(m)
     return path
 
 
