@@ -209,7 +209,7 @@ def provenance(
         capture_output=True,
         text=True,
     )
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)

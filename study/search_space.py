@@ -307,10 +307,11 @@ def _param(name: str, spec: dict, key: str, fail: Callable[..., UserError]) -> P
         if not isinstance(choices, list) or not choices:
             raise fail(f"{key}.choices", "a categorical parameter needs a non-empty list")
         return Param(name, role, dist, choices=choices)
-    low, high = spec.get("low"), spec.get("high")
-    for bound, v in (("low", low), ("high", high)):
+    for bound in ("low", "high"):
+        v = spec.get(bound)
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise fail(f"{key}.{bound}", f"needs a finite number, got {v!r}")
+    low, high = float(spec["low"]), float(spec["high"])
     if not low < high:
         raise fail(f"{key}.low", f"bounds reversed or empty: low={low} >= high={high}")
     if dist == "log_uniform" and low <= 0:
@@ -318,7 +319,7 @@ def _param(name: str, spec: dict, key: str, fail: Callable[..., UserError]) -> P
     or_zero = spec.get("or_zero", False)
     if not isinstance(or_zero, bool) or (or_zero and dist != "log_uniform"):
         raise fail(f"{key}.or_zero", "true or false, and only for log_uniform")
-    return Param(name, role, dist, low=float(low), high=float(high), or_zero=or_zero)
+    return Param(name, role, dist, low=low, high=high, or_zero=or_zero)
 
 
 def _grid(raw: dict, space: SearchSpace, fail: Callable[..., UserError]) -> None:
