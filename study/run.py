@@ -274,6 +274,14 @@ def run(args: argparse.Namespace) -> int:
         _record_devices(study_dir, frame)
         print(st.summary(frame, space), flush=True)
         print(f"wrote {study_dir / 'frame.parquet'} ({len(frame)} rows)", flush=True)
+        n_trials = space.n_configurations * len(space.seeds)
+        if results.num_terminated + results.num_errors < n_trials:  # Ctrl-C: Tune saved its state
+            print(
+                f"interrupted after {len(frame)} of {n_trials} runs; continue with "
+                f"python -m study.run --resume {study_dir}",
+                file=sys.stderr,
+            )
+            return 130
         if results.errors:
             print(
                 f"error: {len(results.errors)} trial(s) failed for good; see {st.experiment_path(settings)}; "
