@@ -282,6 +282,8 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 130
+        if space.kind == "optuna":
+            st.fail_stale_optuna_trials(study_dir)
         if results.errors:
             print(
                 f"error: {len(results.errors)} trial(s) failed for good; see {st.experiment_path(settings)}; "

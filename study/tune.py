@@ -318,6 +318,27 @@ def can_restore(settings: dict[str, Any]) -> bool:
     return tune.Tuner.can_restore(experiment_path(settings))
 
 
+def fail_stale_optuna_trials(study_dir: str | Path) -> int:
+    """Mark Optuna trials still RUNNING after the study finished as FAIL; returns how many.
+
+    A driver killed between Optuna's ``ask`` and Tune's next state snapshot leaves a trial in the
+    journal that the restored searcher never heard of; TPE and the dashboard then ignore it.
+    """
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(study_dir) / JOURNAL
+    if not path.is_file():
+        return 0
+    storage = JournalStorage(JournalFileBackend(str(path)))
+    study = optuna.load_study(study_name=OPTUNA_STUDY, storage=storage)
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in stale:
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    return len(stale)
+
+
 # ---- results ---------------------------------------------------------------------------------
 
 

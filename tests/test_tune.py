@@ -227,8 +227,9 @@ def test_killed_driver_resumes_without_duplicates(tmp_path, data_file):
     assert len(frame) == 3 and not frame.duplicated(["config_id", "seed"]).any()
     assert sorted(frame.group)[:2] == ["baseline_aug", "constrained"]
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # not rerun
-    trials = _journal(out).trials
-    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    trials = _journal(out).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 3  # (a trial asked just before the kill may be left as FAIL)
+    assert not _journal(out).get_trials(states=(optuna.trial.TrialState.RUNNING,))
     assert sorted(t.value for t in trials) == pytest.approx(sorted(frame.val_cde_loss), rel=1e-12)
 
 
