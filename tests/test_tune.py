@@ -274,3 +274,15 @@ def test_trial_plan_turns_trial_configs_into_run_configs(tmp_path, data_file):
     reference |= {"use_g_cde": True, "g_cde": 0.1, "lr": 1e-3, "__trial_index__": 0}
     plan = st.trial_plan({**_constants(demo, tmp_path, data_file), **reference})
     assert (plan["label"], plan["config"].group, plan["seed"]) == ("constrained", "constrained", 0)
+
+
+def test_paper_preset_refuses_to_start_without_cuda(tmp_path, capsys):
+    import ray
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["--search", "demo", "--preset", "paper", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --preset paper needs CUDA") and "--preset demo" in err
+    assert not ray.is_initialized() and not (tmp_path / "s").exists()
