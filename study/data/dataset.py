@@ -6,10 +6,8 @@ float32 (N, 5, C), ``split`` uint8 (N,) (0 train, 1 validation, 2 test), ``id`` 
 optional group ``truth/`` (synthetic data only). File attributes: ``format``, ``bands``,
 ``bin_edges``, ``pixel_scale_arcsec``, ``source``, ``data_seed``, ``content_hash``.
 
-Identical content gives a byte-identical file: no timestamps (``track_times=False``), fixed
-chunk shapes, chunks allocated at creation (so the layout does not depend on write order),
-attributes written in a fixed order. ``content_hash`` is a SHA-256 over every dataset's name,
-dtype, shape and bytes and over the other attributes, so it depends on content only.
+Writing lives in ``study.data.writer`` (re-exported here): identical content gives a
+byte-identical file, and ``content_hash`` depends on content only.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -27,16 +25,42 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where it is used, so converters start fast and small
     import torch
 
+from study.data.writer import (  # re-exported: the dataset API is one import
+    _CORE,
+    BANDS,
+    FORMAT,
+    IMAGE_CHUNK,
+    IMAGE_SHAPE,
+    READ_ROWS,
+    SOURCES,
+    SPLITS,
+    DatasetWriter,
+    _attr_bytes,
+    _check_edges,
+    draw_split,
+    write_dataset,
+)
 from study.errors import UserError
 
-FORMAT = "photoz-study/1"
-BANDS = "ugriz"
-SOURCES = ("synthetic", "pasquet", "dey", "hayat")
-SPLITS = {"train": 0, "val": 1, "test": 2}
-IMAGE_SHAPE = (5, 64, 64)
-IMAGE_CHUNK = 32  # galaxies per HDF5 chunk of `images`: 32 x 80 KiB = 2.6 MB (float32)
-READ_ROWS = 4096  # galaxies per read when scanning or loading: ~330 MB of float32 images
-_CORE = ("images", "zs", "ebv", "flux", "split", "id")
+__all__ = [
+    "BANDS",
+    "FORMAT",
+    "IMAGE_CHUNK",
+    "IMAGE_SHAPE",
+    "READ_ROWS",
+    "SOURCES",
+    "SPLITS",
+    "DatasetInfo",
+    "DatasetWriter",
+    "SplitData",
+    "batch_indices",
+    "draw_split",
+    "load_split",
+    "read_info",
+    "resplit",
+    "validate",
+    "write_dataset",
+]
 
 
 @dataclass
@@ -70,260 +94,6 @@ class SplitData:
 
     def __len__(self) -> int:
         return int(self.zs.shape[0])
-
-
-def draw_split(
-    n: int, data_seed: int, test_frac: float = 0.2, n_val: int = 20000, val_frac: float = 0.04
-) -> np.ndarray:
-    """Draw the train/validation/test split, fixed by the data seed alone.
-
-    ``ceil(test_frac * n)`` galaxies go to test (121,543 of 607,712 as in the paper); validation
-    takes ``min(n_val, ceil(val_frac * n))`` of the rest (20,000 for the paper's set, 4% of a
-    small set); the remainder trains.
-
-    Returns:
-        uint8 (n,): 0 train, 1 validation, 2 test.
-    """
-    if n < 3:
-        raise UserError(f"a split needs at least 3 galaxies, got n={n}; use a larger input")
-    perm = np.random.default_rng(int(data_seed)).permutation(n)
-    n_test = min(n - 2, max(1, int(np.ceil(test_frac * n))))
-    n_v = min(n - n_test - 1, n_val, max(1, int(np.ceil(val_frac * n))))
-    split = np.zeros(n, np.uint8)
-    split[perm[:n_test]] = 2
-    split[perm[n_test : n_test + n_v]] = 1
-    return split
-
-
-def _dcpl(chunks: tuple[int, ...] | None) -> h5py.h5p.PropDCID:
-    """Dataset creation properties: no timestamps, chunks allocated up front in index order."""
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    if chunks is not None:
-        dcpl.set_chunk(chunks)
-    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-    dcpl.set_obj_track_times(False)
-    return dcpl
-
-
-def _check_edges(bin_edges: Any, where: str) -> np.ndarray:
-    edges = np.asarray(bin_edges, np.float64)
-    if edges.ndim != 1 or edges.size < 2 or not np.all(np.isfinite(edges)):
-        raise UserError(f"{where}: field 'bin_edges' must be a finite 1-D array of >= 2 edges")
-    bad = np.flatnonzero(np.diff(edges) <= 0)
-    if bad.size or edges[0] < 0:
-        i = int(bad[0]) + 1 if bad.size else 0
-        raise UserError(
-            f"{where}: field 'bin_edges' is not increasing from >= 0 at index {i}; "
-            "pass strictly increasing redshift edges"
-        )
-    return edges
-
-
-class DatasetWriter:
-    """Stream a photoz-study/1 file in row chunks; atomic (temp name, renamed on success).
-
-    Use as a context manager. ``write(start, ...)`` fills rows ``[start, start + m)``; every row
-    must be written once before the context exits. On an exception the temporary file is
-    deleted and nothing appears at ``path``.
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        n: int,
-        *,
-        bin_edges: Any,
-        source: str,
-        data_seed: int,
-        pixel_scale_arcsec: float = 0.396,
-        image_dtype: str = "float32",
-        with_flux_table: bool = False,
-        truth: dict[str, tuple[tuple[int, ...], Any]] | None = None,
-        overwrite: bool = False,
-    ) -> None:
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise UserError(f"{self.path}: output exists; choose another --out or pass --force")
-        if n < 1:
-            raise UserError(f"{self.path}: field 'n' must be >= 1, got {n}")
-        if image_dtype not in ("float32", "float16"):
-            raise UserError(f"image_dtype must be 'float32' or 'float16', got {image_dtype!r}")
-        if source not in SOURCES:
-            raise UserError(f"source must be one of {SOURCES}, got {source!r}")
-        self.n = int(n)
-        self.edges = _check_edges(bin_edges, str(self.path))
-        self.attrs: dict[str, Any] = {
-            "format": FORMAT,
-            "bands": BANDS,
-            "bin_edges": self.edges,
-            "pixel_scale_arcsec": float(pixel_scale_arcsec),
-            "source": source,
-            "data_seed": int(data_seed),
-        }
-        c = self.edges.size - 1
-        self.specs: dict[str, tuple[tuple[int, ...], np.dtype, tuple[int, ...] | None]] = {
-            "images": (
-                (n, *IMAGE_SHAPE),
-                np.dtype(image_dtype),
-                (min(n, IMAGE_CHUNK), *IMAGE_SHAPE),
-            ),
-            "zs": ((n,), np.dtype("<f8"), None),
-            "ebv": ((n,), np.dtype("<f4"), None),
-            "flux": ((n, 5), np.dtype("<f4"), None),
-            "split": ((n,), np.dtype("u1"), None),
-            "id": ((n,), np.dtype("<i8"), None),
-        }
-        if with_flux_table:
-            self.specs["flux_table"] = ((n, 5, c), np.dtype("<f4"), None)
-        for name, (shape, dtype) in sorted((truth or {}).items()):
-            self.specs[f"truth/{name}"] = ((n, *tuple(shape)), np.dtype(dtype), None)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self.file: h5py.File | None = None
-        self.written = np.zeros(n, bool)
-        self._next = 0  # rows written in order so far: hash on the fly while writes are in order
-        self._hashers = {name: hashlib.sha256() for name in self.specs}
-
-    def __enter__(self) -> DatasetWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = h5py.File(self.tmp, "w", track_order=False)
-        for name, (shape, dtype, chunks) in self.specs.items():
-            if name.startswith("truth/") and "truth" not in self.file:
-                self.file.create_group("truth", track_times=False)
-            space = h5py.h5s.create_simple(shape)
-            tid = h5py.h5t.py_create(dtype, logical=True)
-            h5py.h5d.create(self.file.id, name.encode(), tid, space, dcpl=_dcpl(chunks))
-        return self
-
-    def write(
-        self,
-        start: int,
-        *,
-        images: np.ndarray,
-        zs: np.ndarray,
-        ebv: np.ndarray,
-        flux: np.ndarray,
-        split: np.ndarray,
-        ids: np.ndarray,
-        flux_table: np.ndarray | None = None,
-        truth: dict[str, np.ndarray] | None = None,
-    ) -> None:
-        """Write rows ``[start, start + len(zs))``; arrays are cast to the stored dtypes."""
-        assert self.file is not None, "use DatasetWriter as a context manager"
-        m = len(zs)
-        rows: dict[str, Any] = {"images": images, "zs": zs, "ebv": ebv, "flux": flux}
-        rows |= {"split": split, "id": ids}
-        if "flux_table" in self.specs:
-            if flux_table is None:
-                raise ValueError("this writer has a flux_table: pass flux_table=")
-            rows["flux_table"] = flux_table
-        for name, value in (truth or {}).items():
-            rows[f"truth/{name}"] = value
-        missing = [k for k in self.specs if k not in rows]
-        if missing or not 0 <= start <= self.n - m:
-            raise ValueError(f"write({start}, m={m}): missing {missing} or rows out of range")
-        for name, value in rows.items():
-            shape, dtype, _ = self.specs[name]
-            with np.errstate(over="ignore"):  # float16 overflow is reported just below
-                arr = np.ascontiguousarray(np.asarray(value).astype(dtype, copy=False))
-            if arr.shape != (m, *shape[1:]):
-                raise ValueError(f"{name}: shape {arr.shape}, expected {(m, *shape[1:])}")
-            if name == "images" and dtype == np.float16:
-                self._check_float16(start, np.asarray(value), arr)
-            self.file[name][start : start + m] = arr
-            if start == self._next:
-                self._hashers[name].update(arr.tobytes())
-        self._next = self._next + m if start == self._next else -1
-        self.written[start : start + m] = True
-
-    def _check_float16(self, start: int, src: np.ndarray, arr: np.ndarray) -> None:
-        bad = np.isinf(arr) & np.isfinite(src)
-        if bad.any():
-            i = start + int(np.argwhere(bad)[0][0])
-            raise UserError(
-                f"{self.path}: field 'images' overflows float16 at index {i}; "
-                "use image_dtype float32 (--dtype float32)"
-            )
-
-    def _content_hash(self) -> str:
-        assert self.file is not None
-        h = hashlib.sha256()
-        for name in sorted(self.specs):
-            shape, dtype, _ = self.specs[name]
-            if self._next != self.n:  # out-of-order writes: hash by re-reading the file
-                self._hashers[name] = _hash_dataset(self.file[name])
-            h.update(f"{name}|{dtype.str}|{shape}|".encode())
-            h.update(self._hashers[name].digest())
-        for key, value in self.attrs.items():
-            h.update(f"{key}={_attr_bytes(value).hex()};".encode())
-        return h.hexdigest()
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        assert self.file is not None
-        try:
-            if exc_type is None:
-                if not self.written.all():
-                    i = int(np.argmin(self.written))
-                    raise ValueError(f"{self.path}: row {i} was never written")
-                for key, value in self.attrs.items():
-                    self.file.attrs[key] = value
-                self.file.attrs["content_hash"] = self._content_hash()
-            self.file.close()
-            if exc_type is None:
-                os.replace(self.tmp, self.path)
-        finally:
-            if self.tmp.exists():
-                self.file.close()
-                self.tmp.unlink()
-
-
-def _hash_dataset(ds: h5py.Dataset) -> Any:
-    h = hashlib.sha256()
-    for s in range(0, ds.shape[0], READ_ROWS):
-        h.update(np.ascontiguousarray(ds[s : s + READ_ROWS]).tobytes())
-    return h
-
-
-def write_dataset(
-    path: str | os.PathLike,
-    *,
-    images: np.ndarray,
-    zs: np.ndarray,
-    ebv: np.ndarray,
-    flux: np.ndarray,
-    split: np.ndarray,
-    ids: np.ndarray,
-    bin_edges: Any,
-    source: str,
-    data_seed: int,
-    flux_table: np.ndarray | None = None,
-    truth: dict[str, np.ndarray] | None = None,
-    **kwargs: Any,
-) -> Path:
-    """Write a whole dataset in one chunk (small sets and tests); kwargs go to DatasetWriter."""
-    truth_spec = {k: (v.shape[1:], v.dtype) for k, v in (truth or {}).items()}
-    with DatasetWriter(
-        path,
-        len(zs),
-        bin_edges=bin_edges,
-        source=source,
-        data_seed=data_seed,
-        with_flux_table=flux_table is not None,
-        truth=truth_spec,
-        **kwargs,
-    ) as w:
-        w.write(
-            0,
-            images=images,
-            zs=zs,
-            ebv=ebv,
-            flux=flux,
-            split=split,
-            ids=ids,
-            flux_table=flux_table,
-            truth=truth,
-        )
-    return Path(path)
 
 
 def _open(path: str | os.PathLike) -> h5py.File:
@@ -500,15 +270,6 @@ def validate(path: str | os.PathLike, check_hash: bool = True) -> DatasetInfo:
                     f"corrupt file); {_REBUILD}"
                 )
     return info
-
-
-def _attr_bytes(value: Any) -> bytes:
-    """Bytes of an attribute as written: str as UTF-8, numbers in their numpy form."""
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, str):
-        return np.asarray(value).tobytes()
-    return np.asarray(value).tobytes()
 
 
 def _check_rows(p: Path, name: str, s: int, a: np.ndarray, edges: np.ndarray) -> None:
