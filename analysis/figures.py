@@ -83,7 +83,7 @@ def pit_histograms(pits: Mapping[str, Sequence[np.ndarray]], *, n_bins: int = 25
         lo, hi = pit_band(values.size, n_bins)
         fig.add_trace(
             go.Scatter(
-                x=[0, 1, 1, 0], y=[lo, lo, hi, hi], fill="toself", fillcolor="rgba(0,0,0,0.12)",
+                x=[0, 1, 1, 0], y=[lo, lo, hi, hi], fill="toself", fillcolor="rgba(0,0,0,0.12)", mode="lines",
                 line={"width": 0}, name="95% band if uniform", showlegend=i == 0, hoverinfo="skip",
             ),
             row=r, col=c,
@@ -243,7 +243,7 @@ def learning_curves(
             fig.add_trace(
                 go.Scatter(
                     x=x + x[::-1], y=(agg["mean"] + std).tolist() + (agg["mean"] - std).tolist()[::-1],
-                    fill="toself", fillcolor=_rgba(col, 0.18), line={"width": 0},
+                    fill="toself", fillcolor=_rgba(col, 0.18), line={"width": 0}, mode="lines",
                     showlegend=False, hoverinfo="skip", legendgroup=g,
                 ),
                 row=r, col=c,
@@ -264,10 +264,11 @@ def learning_curves(
 def forest(paired: pd.DataFrame, *, by: str = "group") -> go.Figure:
     """Paired differences (value - reference) with bootstrap 95% CIs, one panel per metric."""
     metrics = list(dict.fromkeys(paired["metric"]))
-    rows, cols = _grid(len(metrics), 2)
+    rows, cols = _grid(len(metrics), 3)
     fig = make_subplots(
-        rows=rows, cols=cols, subplot_titles=[m.removeprefix("test_") for m in metrics]
-    )
+        rows=rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.03,
+        subplot_titles=[m.removeprefix("test_") for m in metrics],
+    )  # fmt: skip
     for mi, m in enumerate(metrics):
         r, c = mi // cols + 1, mi % cols + 1
         sub = paired[paired["metric"] == m]

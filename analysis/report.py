@@ -70,6 +70,11 @@ def headline(paired: pd.DataFrame) -> list[str]:
             for _, r in sub.iterrows()
         )
         small = sub["note"].iloc[0]
+        if n < 5:
+            small += (
+                f"; with n={n} the bootstrap CI is about the range of the per-seed differences "
+                "and undercovers, so read 'excludes 0' as descriptive"
+            )
         blocks.append(
             f"<h3>{value} &minus; {ref} (n={n} paired seeds)</h3>"
             f"<p>{n_excl} of {len(sub)} metrics have a 95% bootstrap CI of the mean paired difference "
@@ -120,6 +125,12 @@ def _table_html(table: pd.DataFrame, columns) -> str:
                 )
         body.append(f"<tr class='{'lit' if lit else 'ours'}'>{''.join(cells)}</tr>")
     return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+
+
+def _pivot(land: pd.DataFrame, value: str) -> pd.DataFrame:
+    wide = land.pivot_table(index=["label", "seed"], columns="term", values=value).reset_index()
+    wide.columns.name = None
+    return wide
 
 
 def _df_html(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
