@@ -1,0 +1,129 @@
+"""The benchmark CLIs on the tiny preset (smoke), the timing statistics, and the step variants."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import step as bench_step
+from benchmarks.timing import interleaved, ratio_summary, summary
+from study.config import make_config
+from study.data.stream import Batch
+from study.model import PhotoZNet
+from study.train import train_step
+
+
+def test_summary_matches_numpy_percentiles():
+    xs = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0]
+    s = summary(xs)
+    q1, med, q3 = np.percentile(xs, [25, 50, 75])  # numpy's linear = "inclusive" quantiles
+    assert s["median_s"] == pytest.approx(med)
+    assert s["iqr_s"] == pytest.approx(q3 - q1)
+    assert s["n"] == 6 and s["min_s"] == 1.0
+    r = ratio_summary([2.0, 4.0, 6.0], [1.0, 2.0, 2.0])
+    assert r["median"] == pytest.approx(2.0) and r["n"] == 3
+
+
+def test_interleaved_rotates_order_and_counts_calls():
+    calls: list[str] = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    res = interleaved(fns, calls=2, repeats=3, warmup=1, device="cpu")
+    assert calls[:3] == ["a", "b", "c"]  # warm-up, one each
+    timed = calls[3:]
+    assert len(timed) == 3 * 3 * 2
+    firsts = [timed[i] for i in range(0, len(timed), 6)]
+    assert firsts == ["a", "b", "c"]  # repeat r starts with candidate r
+    assert all(len(v["wall"]) == len(v["cpu"]) == 3 for v in res.values())
+
+
+def test_step_cli_tiny_writes_every_key(tmp_path):
+    out = tmp_path / "step.json"
+    argv = ["--preset", "tiny", "--device", "cpu", "--steps", "1", "--repeats", "2"]
+    argv += ["--warmup", "1", "--flux-repeats", "1", "--flux-batch", "2", "--feeds"]
+    assert bench_step.main([*argv, "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    for key in (
+        "aug_over_baseline",
+        "constrained_over_baseline",
+        "constrained_two_pass_over_baseline",
+        "flux_reference_over_fast",
+        "aug_fraction_of_step",
+        "resident_over_synthetic",
+        "streamed_over_resident",
+    ):
+        assert np.isfinite(res[key]) and res[key] > 0, key
+    assert set(res["images_per_s"]) >= {"baseline", "baseline_aug", "constrained"}
+    assert res["peak_memory_mb"] is None  # CUDA only
+    assert res["device"]["device"] == "cpu" and res["clock"] == "cpu"
+    assert len(res["raw"]["baseline"]["cpu"]) == 2
+    assert res["flux_reference_over_fast"] > 1  # the in-graph integrals are the slow way
+
+
+def test_step_cli_rejects_unknown_group(capsys):
+    assert bench_step.main(["--preset", "tiny", "--groups", "baseline,nope"]) == 2
+    assert "--groups" in capsys.readouterr().err
+
+
+class _NoBatchNorm(torch.nn.Module):
+    """Per-sample backbone (no batch statistics): joint and two-pass steps must agree."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(5, 4, 3, stride=4)
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(torch.relu(self.conv(x))).flatten(1)
+
+
+def test_joint_views_equal_two_passes_without_batch_norm():
+    cfg = make_config("tiny", "constrained")
+    batch = bench_step.synthetic_batch(6, cfg.model.n_bins, torch.device("cpu"))
+    edges = torch.linspace(0.0, 0.4, cfg.model.n_bins + 1)
+    results = []
+    for joint in (True, False):
+        torch.manual_seed(0)
+        model = PhotoZNet(_NoBatchNorm(), 4, n_bins=cfg.model.n_bins, hidden=8)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        gen = torch.Generator().manual_seed(1)
+        terms = train_step(model, model, opt, batch, edges, gen, cfg, joint_views=joint)
+        results.append((terms, [p.detach().clone() for p in model.parameters()]))
+    (t1, w1), (t2, w2) = results
+    torch.testing.assert_close(t1, t2, rtol=1e-5, atol=1e-6)
+    for a, b in zip(w1, w2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "aot_eager",  # graph capture + AOT autograd: seconds
+        pytest.param("inductor", marks=pytest.mark.slow),  # C++ codegen: ~2 minutes on 2 cores
+    ],
+)
+def test_compiled_step_on_cpu_matches_eager(backend):
+    # torch.compile of the tiny model runs the same step as eager (the run.compile path).
+    cfg = make_config("tiny", "constrained")
+    batch = bench_step.synthetic_batch(8, cfg.model.n_bins, torch.device("cpu"))
+    edges = torch.linspace(0.0, 0.4, cfg.model.n_bins + 1)
+    out = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        from study.model import build_model
+
+        model = build_model("tiny_cnn", n_bins=cfg.model.n_bins, hidden=cfg.model.hidden)
+        step_model = torch.compile(model, backend=backend) if compiled else model
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        gen = torch.Generator().manual_seed(1)
+        out.append(train_step(step_model, model, opt, batch, edges, gen, cfg))
+    torch.testing.assert_close(out[0], out[1], rtol=1e-3, atol=1e-4)
+
+
+def test_synthetic_batch_shapes():
+    b = bench_step.synthetic_batch(3, 7, torch.device("cpu"))
+    assert isinstance(b, Batch)
+    assert b.images.shape == (3, 5, 64, 64) and b.flux_table.shape == (3, 5, 7)
+    assert (b.zs >= 0).all() and (b.zs <= 0.4).all()
