@@ -87,7 +87,9 @@ def test_slice_at_zero_equals_loss_on_batch():
     f = p / dz
     cde = np.mean((f**2 * dz).sum(1) - 2 * f[np.arange(len(zs)), idx])
     inv = np.mean(((p - pv) ** 2).sum(1))
-    flux = np.mean(np.abs(np.einsum("nbc,nc->nb", batch.flux_table.double().numpy(), p) - 1).mean(1))
+    flux = np.mean(
+        np.abs(np.einsum("nbc,nc->nb", batch.flux_table.double().numpy(), p) - 1).mean(1)
+    )
     l2 = sum(float((w.detach().double() ** 2).sum()) for w in model.parameters() if w.dim() >= 2)
     assert at0["ce"] == pytest.approx(ce, rel=1e-5)
     assert at0["cde"] == pytest.approx(cde, rel=1e-4)
@@ -113,7 +115,7 @@ def test_quadratic_toy_recovers_curvature():
     w_norm2 = float(model.lin.weight.detach().pow(2).sum())
 
     def evaluate(m):
-        return {"total": float((m.lin.weight - m.target).pow(2).sum())}
+        return {"total": float((m.lin.weight.detach() - m.target).pow(2).sum())}
 
     d = random_direction(model, torch.Generator().manual_seed(4))
     alphas = np.linspace(-1, 1, 51)
@@ -140,3 +142,22 @@ def test_summarize_slice_hand_values():
     assert s["curvature"] == pytest.approx(6.0)
     assert s["value"] == pytest.approx(1.0)
     assert s["sharpness"] == pytest.approx(4.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_slice_on_gpu_matches_cpu():
+    model, batch = _tiny(), _batch()
+    weights = {"l2": 1e-6, "flux": 0.1, "inv": 0.1, "cde": 0.1}
+    d = random_direction(model, torch.Generator().manual_seed(3))
+    alphas = np.array([-0.5, 0.0, 0.5])
+    cpu = slice_1d(model, photoz_evaluator(batch, weights), d, alphas)
+    dev = torch.device("cuda")
+    gpu_batch = LandscapeBatch(
+        **{k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in vars(batch).items()}
+    )
+    gpu = slice_1d(
+        model.to(dev), photoz_evaluator(gpu_batch, weights), [t.to(dev) for t in d], alphas
+    )
+    for term in ("ce", "flux", "inv", "cde", "total"):
+        np.testing.assert_allclose(gpu[term], cpu[term], rtol=2e-3, atol=1e-5)

@@ -105,7 +105,40 @@ def test_pit_band_and_quantiles_by_hand():
     np.testing.assert_allclose(q[0], [0.11, 0.2, 0.29])
 
 
+MINI_SPACE = """
+name: mini
+description: the paper's three groups on two paired seeds (analysis tests)
+kind: grid
+groups: [baseline, baseline_aug, constrained]
+seeds: 2
+objective: {metric: val_cde_loss, mode: min}
+parameters:
+  lr: {role: fixed, value: 1.0e-3}
+  g_l2: {role: fixed, value: 1.0e-6}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory) -> Path:
+    """A real study: study.run, tiny preset, 3 groups x 2 seeds (about 2 minutes on 2 cores)."""
+    tmp = tmp_path_factory.mktemp("tiny_study")
+    space = tmp / "mini.yaml"
+    space.write_text(MINI_SPACE)
+    out = tmp / "study"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PHOTOZ_CACHE": str(tmp / "cache")}
+    cmd = [sys.executable, "-m", "study.run", "--search", str(space), "--preset", "tiny",
+           "--out", str(out), "--num-cpus", "2", "--no-dashboard"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
 @pytest.mark.slow
-def test_report_on_real_tiny_study(tiny_study):
+def test_report_on_real_tiny_study(tiny_study, monkeypatch):
+    monkeypatch.setenv("PHOTOZ_CACHE", str(tiny_study.parent / "cache"))
     report.build_report(tiny_study, png=False)
-    _check_report(tiny_study, ABLATION_FIGURES)
+    page = _check_report(tiny_study, ABLATION_FIGURES)
+    assert "constrained &minus; baseline_aug (n=2 paired seeds)" in page
+    land = pd.read_csv(tiny_study / "report" / "landscape.csv")
+    assert set(land["label"]) == {"baseline", "baseline_aug", "constrained"}
+    assert land["curvature"].notna().all()
