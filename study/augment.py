@@ -128,6 +128,7 @@ def resample_background(
     n_sigma: float = 1.0,
     clip: float = 3.0,
     iters: int = 3,
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Replace background pixels with fresh noise, per image and band (SPEC 2).
 
@@ -141,18 +142,30 @@ def resample_background(
         n_sigma: background threshold in units of s.
         clip: sigma-clipping threshold.
         iters: sigma-clipping iterations.
+        stats: ``sigma_clipped_stats(x, clip, iters)`` if already computed. They depend only on
+            the multiset of a band's pixels, so every D4 image of x has the same ones: several
+            views of one batch can share one computation (the sort is most of the cost).
 
     Returns:
         (B, C, H, W), same dtype as x.
     """
-    mean, std = sigma_clipped_stats(x, clip=clip, iters=iters)  # (B, C) each, float64
+    mean, std = stats if stats is not None else sigma_clipped_stats(x, clip=clip, iters=iters)
     work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    mean, std = mean.to(work)[..., None, None], std.to(work)[..., None, None]
+    mean, std = mean.to(work)[..., None, None], std.to(work)[..., None, None]  # (B, C, 1, 1)
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=work)
     background = x < mean + n_sigma * std
-    return torch.where(background, (mean + std * noise).to(x.dtype), x)
+    fill = noise.mul_(std).add_(mean)  # in place: mean + std * noise, one buffer
+    return torch.where(background, fill.to(x.dtype), x)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The training augmentation: ``resample_background(random_d4(x))``."""
-    return resample_background(random_d4(x, generator), generator)
+def augment(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The training augmentation: ``resample_background(random_d4(x))``.
+
+    ``stats``: ``sigma_clipped_stats(x)``, when several views of the same x are drawn (D4 does
+    not change them); the result is identical to computing them each time.
+    """
+    return resample_background(random_d4(x, generator), generator, stats=stats)
