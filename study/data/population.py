@@ -54,12 +54,6 @@ def block_rng(seed: int, block: int, stream: int) -> np.random.Generator:
     )
 
 
-def _round32(x: np.ndarray) -> np.ndarray:
-    """Round a table to float32 precision (kept in float64) so that last-bit differences of
-    BLAS or libm between machines do not reach the output."""
-    return np.asarray(x, np.float32).astype(np.float64)
-
-
 class Population:
     """Tables for drawing galaxies (built once per process, about a second)."""
 
@@ -68,8 +62,10 @@ class Population:
 
         tt = sed.template_tables()
         self.tables = tt
-        self.unit = _round32(tt.bz / tt.rest01[None, :, None])  # (Z, K, 5) per unit ^{0.1}r light
-        self.rest01 = _round32(tt.rest01)
+        self.unit = sed.round32(
+            tt.bz / tt.rest01[None, :, None]
+        )  # (Z, K, 5) per unit ^{0.1}r light
+        self.rest01 = sed.round32(tt.rest01)
         # faintest M that any mix could show at r < R_LIMIT, on a fine z grid
         self.z = np.linspace(Z_MIN, Z_MAX, 3951)
         u_r = np.stack([np.interp(self.z, sed.Z_TABLE, self.unit[:, k, 2]) for k in range(5)])
@@ -83,9 +79,9 @@ class Population:
         dvdz = Planck18.differential_comoving_volume(self.z).value
         pz = dvdz * np.interp(self.x_lim, self.x, self.psi)
         cdf = np.concatenate([[0.0], np.cumsum(0.5 * (pz[1:] + pz[:-1]) * np.diff(self.z))])
-        self.z_cdf = _round32(cdf / cdf[-1])
-        self.x_lim = _round32(self.x_lim)
-        self.psi = _round32(self.psi / self.psi[-1])
+        self.z_cdf = sed.round32(cdf / cdf[-1])
+        self.x_lim = sed.round32(self.x_lim)
+        self.psi = sed.round32(self.psi / self.psi[-1])
 
     @staticmethod
     def m_star(z: np.ndarray) -> np.ndarray:
@@ -139,10 +135,10 @@ class Population:
         g = {k: np.concatenate([d[k] for d in kept])[:BLOCK] for k in kept[0]}
         n, mag, red = BLOCK, g["abs_mag"], g["red"]
         scale = 10 ** (-0.4 * mag)[:, None] / self.rest01  # light fraction -> kcorrect coefficient
-        g["coeffs_bulge"] = g.pop("light_b") * g["bulge_frac"][:, None] * scale
-        g["coeffs_disk"] = g.pop("light_d") * (1 - g["bulge_frac"])[:, None] * scale
-        g["ebv"] = np.clip(0.03 * np.exp(0.5 * rng.standard_normal(n)), 0.003, 0.5)
-        ext = 10 ** (-0.4 * R_EXT[None, :] * g["ebv"][:, None])
+        g["coeffs_bulge"] = sed.round32(g.pop("light_b") * g["bulge_frac"][:, None] * scale)
+        g["coeffs_disk"] = sed.round32(g.pop("light_d") * (1 - g["bulge_frac"])[:, None] * scale)
+        g["ebv"] = sed.round32(np.clip(0.03 * np.exp(0.5 * rng.standard_normal(n)), 0.003, 0.5))
+        ext = sed.round32(10 ** (-0.4 * R_EXT[None, :] * g["ebv"][:, None]))
         g["flux_bulge"] = 1e9 * ext * self.tables.band_maggies(g["coeffs_bulge"], g["zs"])
         g["flux_disk"] = 1e9 * ext * self.tables.band_maggies(g["coeffs_disk"], g["zs"])
         g["flux"] = g["flux_bulge"] + g["flux_disk"]  # nanomaggies, as observed
@@ -165,7 +161,8 @@ class Population:
         g["pa_rad"] = np.pi * rng.random(n)
         g["offset_px"] = rng.random((n, 2)) - 0.5  # sub-pixel centre offset (x, y)
         g["red"] = red.astype(np.uint8)
-        return g
+        # every float to float32 precision: machine-independent bits downstream (sed.round32)
+        return {k: sed.round32(v) if v.dtype == np.float64 else v for k, v in g.items()}
 
 
 @functools.lru_cache(maxsize=1)

@@ -35,6 +35,7 @@ import scipy.fft
 from scipy.special import gammaincinv, j0
 
 from study.data import population as pop_mod
+from study.data import sed
 
 PIXEL_SCALE = 0.396  # arcsec per pixel
 N_OUT = 64
@@ -71,6 +72,13 @@ def devauc_table() -> np.ndarray:
     r = t**4
     out = np.array([(j0(k * r) * weight).sum() for k in kappa])
     return out / weight.sum()
+
+
+def _exp_ft(s: np.ndarray) -> np.ndarray:
+    """(1 + s)^-3/2, the exponential disk's transform at s = (k r_s)^2: IEEE ops only (no pow,
+    whose SIMD code differs between CPUs)."""
+    t = 1 + s
+    return 1 / (t * np.sqrt(t))
 
 
 class Renderer:
@@ -116,7 +124,7 @@ class Renderer:
         )
         ext = 10 ** (-0.4 * pop_mod.R_EXT[None, :] * ebv[:, None])
         flux = np.where(has[:, None], colour * ext * 10 ** (-0.4 * (r_mag - 22.5))[:, None], 0.0)
-        return {
+        obs = {
             "psf_fwhm_arcsec": fwhm_r[:, None] * SEEING_SCALE[None, :],
             "neighbour_kind": kind,  # 0 none, 1 galaxy, 2 star
             "neighbour_offset_px": np.where(
@@ -129,6 +137,7 @@ class Renderer:
             "neighbour_q": rng.uniform(0.3, 1.0, n),
             "neighbour_pa_rad": rng.uniform(0.0, np.pi, n),
         }
+        return {k: sed.round32(v) if v.dtype == np.float64 else v for k, v in obs.items()}
 
     def _shape(self, re_px: np.ndarray, q: np.ndarray, pa: np.ndarray) -> np.ndarray:
         """(k r_e)^2 along the sheared ellipse, (B, N_PAD, N_PAD//2+1) float32."""
@@ -144,32 +153,45 @@ class Renderer:
         f = x - i.astype(np.float32)
         return self.table[i] * (1 - f) + self.table[i + 1] * f
 
-    def _axes(
-        self, x0: np.ndarray, y0: np.ndarray, sig2: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Separable factors of PSF x pixel window x shift: (B, 5, N_PAD) and (B, 5, N_PAD//2+1).
+    def _mtf(self, sig2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gaussian PSF x pixel box along ky (B, 5, ky) and kx (B, 5, kx), float32.
 
-        The Gaussian PSF, the pixel box and e^{-i k.x0} all factor into a ky part and a kx part,
-        so no exponential is evaluated on the full 2-D grid. sig2 (B, 5) is sigma_psf^2 / 2 in px^2.
+        Both are real and separable, so no exponential is evaluated on the 2-D grid; computed
+        in float64 and rounded, so CPU-specific last bits of exp do not survive.
+        sig2 (B, 5) is sigma_psf^2 / 2 in px^2.
         """
-        fy = np.exp(-sig2[:, :, None] * self.ky**2 - 1j * self.ky * y0[:, None, None]) * self.wy
-        fx = np.exp(-sig2[:, :, None] * self.kx**2 - 1j * self.kx * x0[:, None, None]) * self.wx
-        return fy.astype(np.complex64), fx.astype(np.complex64)
+        gy = np.exp(-sig2[:, :, None] * self.ky**2) * self.wy
+        gx = np.exp(-sig2[:, :, None] * self.kx**2) * self.wx
+        return gy.astype(np.float32), gx.astype(np.float32)
+
+    def _phase(self, x0: np.ndarray, y0: np.ndarray) -> np.ndarray:
+        """e^{-i k.x0} for centres (B,) in padded pixels: (B, ky, kx) complex64.
+
+        The outer product is spelt out in real float32 ufuncs: numpy's complex multiply uses
+        fused multiply-adds on some CPUs and not on others, which changes the last bits.
+        """
+        py = np.exp(-1j * self.ky[None, :] * y0[:, None]).astype(np.complex64)[:, :, None]
+        px = np.exp(-1j * self.kx[None, :] * x0[:, None]).astype(np.complex64)[:, None, :]
+        out = np.empty((len(x0), self.ky.size, self.kx.size), np.complex64)
+        out.real = py.real * px.real - py.imag * px.imag
+        out.imag = py.real * px.imag + py.imag * px.real
+        return out
 
     def noiseless(self, g: dict[str, np.ndarray], obs: dict[str, np.ndarray]) -> np.ndarray:
         """Noiseless cutouts (B, 5, 64, 64) float32 (a view into the padded frame), nanomaggies/px."""
         to_px = 1.0 / PIXEL_SCALE
         f_b = self._devauc(self._shape(g["re_bulge_arcsec"] * to_px, g["q_bulge"], g["pa_rad"]))
         s_d = self._shape(g["re_disk_arcsec"] * to_px / 1.6783, g["q_disk"], g["pa_rad"])
-        f_d = (1 + s_d) ** np.float32(-1.5)
+        f_d = _exp_ft(s_d)
         bulge = g["flux_bulge"].astype(np.float32)[:, :, None, None]
         disk = g["flux_disk"].astype(np.float32)[:, :, None, None]
         sig2 = (obs["psf_fwhm_arcsec"] / 2.3548 * to_px) ** 2 / 2  # (B, 5) px^2
         centre = N_PAD / 2 + g["offset_px"]  # (B, 2) padded pixels
-        fy, fx = self._axes(centre[:, 0], centre[:, 1], sig2)
-        ft = bulge * f_b[:, None] + disk * f_d[:, None]  # (B, 5, ky, kx) real
-        ft = ft * fy[:, :, :, None]
-        ft *= fx[:, :, None, :]
+        gy, gx = self._mtf(sig2)
+        amp = bulge * f_b[:, None] + disk * f_d[:, None]  # (B, 5, ky, kx) real
+        amp *= gy[:, :, :, None]
+        amp *= gx[:, :, None, :]
+        ft = amp * self._phase(centre[:, 0], centre[:, 1])[:, None]  # real x complex: exact
         idx = np.flatnonzero(obs["neighbour_kind"] > 0)
         if idx.size:
             pos = centre[idx] + obs["neighbour_offset_px"][idx]
@@ -181,10 +203,11 @@ class Renderer:
                     obs["neighbour_q"][idx][gal],
                     obs["neighbour_pa_rad"][idx][gal],
                 )
-                prof[gal] = (1 + s_n) ** np.float32(-1.5)
-            ny, nx = self._axes(pos[:, 0], pos[:, 1], sig2[idx])
-            nflux = obs["neighbour_flux"][idx].astype(np.float32)[:, :, None, None]
-            ft[idx] += (nflux * prof[:, None]) * ny[:, :, :, None] * nx[:, :, None, :]
+                prof[gal] = _exp_ft(s_n)
+            amp_n = obs["neighbour_flux"][idx].astype(np.float32)[:, :, None, None] * prof[:, None]
+            amp_n *= gy[idx][:, :, :, None]
+            amp_n *= gx[idx][:, :, None, :]
+            ft[idx] += amp_n * self._phase(pos[:, 0], pos[:, 1])[:, None]
         # inverse transform along ky, keep the 64 rows of the crop, then along kx
         rows = scipy.fft.ifft(ft, axis=2, overwrite_x=True)[:, :, CROP : CROP + N_OUT]
         return scipy.fft.irfft(rows, n=N_PAD, axis=3)[:, :, :, CROP : CROP + N_OUT]

@@ -27,6 +27,17 @@ Z_TABLE = np.linspace(0.0, 0.45, 901)  # redshift grid of the template band-flux
 PC10_MPC = 1e-5  # 10 pc in Mpc
 
 
+def round32(x: np.ndarray) -> np.ndarray:
+    """Round to float32 precision (kept as float64).
+
+    numpy evaluates exp, log, power, sin... with CPU-specific SIMD code (and BLAS picks
+    CPU-specific kernels), so their last float64 bits differ between machines. Rounding every
+    such result to float32 precision before it is used makes the output identical on any
+    machine (barring a ~1e-9 chance per value of a tie at a rounding boundary).
+    """
+    return np.asarray(x, np.float32).astype(np.float64)
+
+
 def template_path() -> Path:
     """The kcorrect default v4 template file shipped in the kcorrect package."""
     import kcorrect
@@ -62,7 +73,7 @@ def distance_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     z = np.linspace(0.0, 0.6, 6001)
     d_l = Planck18.luminosity_distance(z).to_value("Mpc")
     d_a = Planck18.angular_diameter_distance(z).to_value("Mpc")
-    return z, d_l, d_a
+    return z, round32(d_l), round32(d_a)
 
 
 def luminosity_distance(z: np.ndarray) -> np.ndarray:
@@ -79,7 +90,7 @@ def angular_diameter_distance(z: np.ndarray) -> np.ndarray:
 
 def dimming(z: np.ndarray) -> np.ndarray:
     """(10 pc / D_L)^2: turns a template's 10-pc flux into the flux observed from redshift z."""
-    return (PC10_MPC / luminosity_distance(z)) ** 2
+    return (PC10_MPC / luminosity_distance(z)) ** 2  # IEEE ops only: identical everywhere
 
 
 def planck_sed(wave: np.ndarray, temperature: np.ndarray) -> np.ndarray:
@@ -110,7 +121,7 @@ class TemplateTables:
         self.star_t = np.linspace(3000.0, 12000.0, 181)  # K
         sw = np.linspace(2500.0, 12000.0, 4751)
         stars = photometry.band_fluxes(sw, planck_sed(sw, self.star_t))
-        self.star_colors = stars / stars[:, 2:3]  # (T, 5), r = 1
+        self.star_colors = round32(stars / stars[:, 2:3])  # (T, 5), r = 1
 
     def band_maggies(self, coeffs: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Observed band fluxes, AB maggies (N, 5), of coefficients (N, K) at redshifts (N,).
@@ -151,7 +162,7 @@ class FluxTableMaker:
 
     where ``G_bkc(i)`` is the cumulative trapezoid integral over the rest grid w of
     ``S_k(w) R_b((1 + z_c) w) w`` (R_b linear in wavelength, SPEC 2), and Phi'_b(1) is the same
-    sum at z_c = zs. G is computed once per (bins, range): (W, K, 5, C) floats.
+    sum at z_c = zs. G is computed once per (bins, range): (K, W, 5, C) float64, 53 MB at 180 bins.
     """
 
     def __init__(self, centers: np.ndarray, spectral_range: tuple[float, float]) -> None:
@@ -166,12 +177,12 @@ class FluxTableMaker:
         self.s = flux[:, start:stop]  # (K, W)
         self.centers = np.asarray(centers, np.float64)
         self.curves = photometry.filter_curves()
-        self.g = np.zeros((self.w.size, K_TEMPLATES, 5, self.centers.size))
+        self.g = np.zeros((K_TEMPLATES, self.w.size, 5, self.centers.size))  # (K, W, 5, C)
         for b, (fw, fr) in enumerate(self.curves):
             for c, zc in enumerate(self.centers):
                 y = self.s * np.interp((1 + zc) * self.w, fw, fr, left=0, right=0) * self.w
                 cells = 0.5 * (y[:, 1:] + y[:, :-1]) * np.diff(self.w)  # (K, W-1)
-                self.g[1:, :, b, c] = np.cumsum(cells, axis=1).T
+                self.g[:, 1:, b, c] = np.cumsum(cells, axis=1)
         # rest-wavelength window of each filter, for the per-galaxy Phi'_b(1)
         self.windows = [(fw[fr > 0].min(), fw[fr > 0].max()) for fw, fr in self.curves]
 
@@ -199,9 +210,8 @@ class FluxTableMaker:
         zs = np.asarray(zs, np.float64)
         first, last = self.support(zs)
         num = np.zeros((len(zs), 5, self.centers.size))
-        g_hi, g_lo = self.g[last], self.g[first]  # (N, K, 5, C)
-        for k in range(K_TEMPLATES):
-            num += coeffs[:, k, None, None] * (g_hi[:, k] - g_lo[:, k])
+        for k in range(K_TEMPLATES):  # gathers of (N, 5, C) rows of G, one template at a time
+            num += coeffs[:, k, None, None] * (self.g[k][last] - self.g[k][first])
         num *= (1 + self.centers) ** 2
         den = self.phi1(coeffs, zs, first, last) * (1 + zs[:, None]) ** 2  # (N, 5)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -223,16 +233,19 @@ class FluxTableMaker:
         tw = np.zeros(w.size)
         tw[1:-1] = 0.5 * (w[2:] - w[:-2])
         spec *= tw * w
-        rows = np.arange(n)
         out = np.zeros((n, 5))
         for b, (fw, fr) in enumerate(self.curves):
             lo_b, hi_b = self.windows[b]
-            i0 = np.searchsorted(w, lo_b / (1 + zs)) - 1  # R_b = 0 outside [i0, i0 + width)
+            # R_b((1 + zs) w) = 0 outside [i0, i0 + width): a fixed-width window per galaxy
+            i0 = np.maximum(np.searchsorted(w, lo_b / (1 + zs)) - 1, 0)
             width = int((np.searchsorted(w, hi_b / (1 + zs)) + 1 - i0).max()) + 1
-            idx = np.clip(i0[:, None] + np.arange(width)[None, :], 0, w.size - 1)  # (N, L)
-            keep = idx == np.clip(i0[:, None] + np.arange(width), -1, w.size)  # no duplicates
-            resp = np.interp((1 + zs[:, None]) * w[idx], fw, fr, left=0, right=0)
-            out[:, b] = (spec[rows[:, None], idx] * resp * keep).sum(axis=1)
+            i0 = np.minimum(i0, w.size - width)
+            spec_win = np.lib.stride_tricks.sliding_window_view(spec, width, axis=1)[
+                np.arange(n), i0
+            ]  # (N, width)
+            w_win = np.lib.stride_tricks.sliding_window_view(w, width)[i0]
+            resp = np.interp((1 + zs[:, None]) * w_win, fw, fr, left=0, right=0)
+            out[:, b] = (spec_win * resp).sum(axis=1)
             for end, step in ((first, -1), (last, 1)):  # end points: drop the outer half cell
                 nb = np.clip(end + step, 0, w.size - 1)
                 half = 0.5 * np.abs(w[nb] - w[end]) * w[end]
