@@ -360,13 +360,12 @@ def optuna_figures(storage: str, study_name: str | None = None) -> dict[str, go.
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if storage.endswith((".log", ".journal")):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
+    from optuna.storages import BaseStorage, JournalStorage
+    from optuna.storages.journal import JournalFileBackend
 
-        storage_obj: object = JournalStorage(JournalFileBackend(storage))
-    else:
-        storage_obj = storage
+    storage_obj: str | BaseStorage = storage
+    if storage.endswith((".log", ".journal")):
+        storage_obj = JournalStorage(JournalFileBackend(storage))
     names = [s.study_name for s in optuna.get_all_study_summaries(storage_obj)]
     if not names:
         return {}

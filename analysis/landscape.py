@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -248,7 +249,7 @@ def run_landscape(
     seed: int = 0,
     device: str = "auto",
     two_d: bool = True,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """1D (``points`` on [-1, 1]) and optional 2D (``grid`` x ``grid``) slices of one run."""
     from analysis.results import load_run
 
@@ -260,7 +261,7 @@ def run_landscape(
     d1, d2 = random_direction(model, gen), random_direction(model, gen)
     t0 = time.perf_counter()
     s1 = slice_1d(model, evaluate, d1, np.linspace(-1.0, 1.0, points))
-    out: dict[str, object] = {"config": config, "slice1d": s1, "summary": summarize_frame(s1)}
+    out: dict[str, Any] = {"config": config, "slice1d": s1, "summary": summarize_frame(s1)}
     if two_d:
         axis = np.linspace(-1.0, 1.0, grid)
         out["axis"] = axis

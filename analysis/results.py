@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -234,7 +235,7 @@ def read_rows(path: str | Path, rows: np.ndarray, *, device: str | torch.device 
         raise UserError(
             f"{path}: cannot read galaxy rows ({exc}); check the run's data file"
         ) from exc
-    t = {
+    t: dict[str, Any] = {
         k: torch.as_tensor(np.asarray(v, dtype=np.float32), device=device)
         for k, v in out.items()
         if k != "id" and v is not None
@@ -280,8 +281,11 @@ def augmented_cdes(
     x = data["images"].repeat_interleave(n_draws, dim=0)  # (G * n_draws, 5, 64, 64)
     ebv = data["ebv"].repeat_interleave(n_draws, dim=0)
     p = torch.softmax(model(augment(x, gen), ebv).float(), dim=1)
-    p = p.reshape(g, n_draws, -1).cpu().numpy()
-    return p, data["zs"].cpu().numpy().astype(np.float64), read_bin_edges(Path(run_dir))
+    return (
+        p.reshape(g, n_draws, -1).cpu().numpy(),
+        data["zs"].cpu().numpy().astype(np.float64),
+        read_bin_edges(Path(run_dir)),
+    )
 
 
 @dataclass

@@ -148,7 +148,7 @@ def paired_comparison(
     seeds, x, y = paired_values(frame, column, value, reference, by=by)
     d = x - y
     desc = describe(d, **ci_kwargs)
-    n = desc["n"]
+    n = int(desc["n"])
     note = ""
     if n < WILCOXON_MIN_N:
         note = f"n={n} < {WILCOXON_MIN_N}: p cannot reach 0.05 (min {min_wilcoxon_p(n):.3g})"
