@@ -24,6 +24,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from analysis import figures
+from analysis.landscape import pick_device
 from analysis.results import Study, load_study
 from analysis.stats import format_mean_std, paired_table, summarize, variance_split
 from analysis.table import COLUMNS, EXTRA_COLUMNS, PAPER_COLUMNS, select_rows, table1, to_markdown
@@ -146,7 +147,7 @@ def build_report(
     augmentations: bool = True,
     png: bool = True,
     seed: int = 0,
-    device: str = "cpu",
+    device: str = "auto",
 ) -> Path:
     """Write ``STUDY_DIR/report/`` and return the path of ``report.html``."""
     t0 = time.perf_counter()
@@ -243,7 +244,7 @@ def _augmentation_figs(study, firsts, preds, *, seed, device, notes) -> list[tup
     for label, row in firsts.items():
         try:
             p, zs, edges = augmented_cdes(
-                study.run_dir(row), index[pick], n_draws=20, seed=seed, device=device
+                study.run_dir(row), index[pick], n_draws=20, seed=seed, device=pick_device(device)
             )
         except UserError as exc:
             notes.append(f"Appendix H figure for {label} skipped: {exc}")
@@ -371,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-png", action="store_true", help="HTML figures only")
     ap.add_argument(
-        "--device", default="cpu", help="device for the landscape and augmentation passes"
+        "--device",
+        default="auto",
+        help="auto (CUDA if any), cpu or cuda: landscape and App. H passes",
     )
     ap.add_argument("--seed", type=int, default=0, help="seed of every random choice in the report")
     args = ap.parse_args(argv)

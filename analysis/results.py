@@ -76,6 +76,10 @@ def load_frame(study_dir: str | Path) -> pd.DataFrame:
     """The study's ``frame.parquet``: one row per (configuration, seed)."""
     path = Path(study_dir) / "frame.parquet"
     frame = _read_parquet(path, "results frame")
+    if frame.empty:
+        raise UserError(
+            f"{path}: no rows, no run of this study finished; check runs/*/ and the study log"
+        )
     missing = [c for c in FRAME_COLUMNS if c not in frame.columns]
     if missing:
         raise UserError(f"{path}: column {missing[0]!r} missing, not a study frame; {_FIX}")

@@ -92,6 +92,9 @@ def test_missing_or_foreign_files_are_user_errors(tmp_path):
     (tmp_path / "foreign" / "frame.parquet").write_text("not parquet")
     with pytest.raises(UserError, match="not a Parquet"):
         load_study(tmp_path / "foreign")
+    pd.DataFrame({"config_id": []}).to_parquet(tmp_path / "foreign" / "frame.parquet")
+    with pytest.raises(UserError, match="no run of this study finished"):
+        load_study(tmp_path / "foreign")
     pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "foreign" / "frame.parquet")
     with pytest.raises(UserError, match="column 'config_id' missing"):
         load_study(tmp_path / "foreign")
