@@ -7,8 +7,8 @@ loss sums stay on the device until the end of the epoch (no host sync per step).
 Objective per step (SPEC 2): ``L = CE + g_l2 ||theta||^2 + g_flux P_flux + g_inv P_inv +
 g_cde P_cde``. Only the terms with a nonzero weight carry gradients; P_flux and P_cde are cheap
 functions of ``p`` and are always logged (under ``no_grad`` when their weight is 0); P_inv needs
-a second view of the batch (in the same forward pass, see ``train_step``) and is logged only
-when ``g_inv > 0`` (NaN otherwise).
+a second view of the batch (a second forward pass, see ``train_step``) and is logged only when
+``g_inv > 0`` (NaN otherwise).
 
 The plateau schedule and the history's ``val_loss`` use the **validation cross entropy** (no
 augmentation, no penalty terms), the same number for every group, so groups are compared on the
@@ -378,7 +378,7 @@ def train_step(
     gen: torch.Generator,
     cfg: Config,
     *,
-    joint_views: bool = True,
+    joint_views: bool = False,
 ) -> torch.Tensor:
     """One optimiser step on ``batch``; returns the (len(TERMS),) detached loss terms.
 
@@ -386,15 +386,14 @@ def train_step(
     (for the L2 sum), ``step_model`` the one to call (compiled or not).
 
     With ``g_inv > 0`` the invariance term's second view ``Theta(B(x))`` goes through the
-    network in the same forward pass as the training view (``joint_views``: one batch of 2B,
-    as many self-supervised codes do), rather than in a second pass of B. BatchNorm then
-    normalises both views with the same batch statistics, so P_inv measures the network's
-    response to the transformation, not the difference between two batches' statistics (which
-    does not exist at evaluation time); both views are draws from the same galaxies, so the
-    pooled statistics are those of the training view with twice the sample, and running
-    statistics are updated once per step as in the other groups. One 2B pass is also faster
-    than two B passes (see BENCHMARKS.md). ``joint_views=False`` keeps the two-pass variant
-    for the benchmark; the draws are the same in both.
+    network in a second forward pass of B, so each view is normalised by BatchNorm with its own
+    batch statistics, exactly as a training batch is. ``joint_views=True`` instead forwards
+    both views as one batch of 2B (as many self-supervised codes do): BatchNorm then pools the
+    two views' statistics and updates its running statistics once per step. Both are sound
+    (the views are draws from the same galaxies); the two passes were measured faster on the
+    CPU (``python -m benchmarks.step``, BENCHMARKS.md) and are the paper's formula read
+    literally, so they are the default; the joint variant stays for the GPU benchmark. The
+    augmentation draws are the same in both.
     """
     w = cfg.loss
     x = _on_device(batch.images, edges.device, cfg)  # (B, 5, 64, 64) float32 nanomaggies
