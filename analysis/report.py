@@ -38,10 +38,10 @@ QUESTIONS = (
 )
 
 
-def labelled(frame: pd.DataFrame, best: int = 3) -> pd.DataFrame:
+def labelled(frame: pd.DataFrame, best: int = 3, **select) -> pd.DataFrame:
     """The frame rows shown in Table 1 with a ``label`` column (group, or group + config)."""
     parts = []
-    for label, runs in select_rows(frame, best=best):
+    for label, runs in select_rows(frame, best=best, **select):
         name = (
             runs["group"].iloc[0]
             if not label.startswith(("search ", "custom "))
@@ -159,11 +159,12 @@ def build_report(
         shutil.rmtree(out)
     figdir = out / "figures"
     figdir.mkdir(parents=True)
-    frame = labelled(study.frame, best=best)
+    select_on, mode = study.objective()
+    frame = labelled(study.frame, best=best, select_on=select_on, mode=mode)
     by = "label"
     test_cols = [f"test_{m}" for m, _, _ in COLUMNS if f"test_{m}" in frame]
 
-    table = table1(study.frame, best=best)
+    table = table1(study.frame, best=best, select_on=select_on, mode=mode)
     (out / "table1.md").write_text(to_markdown(table))
     table.to_csv(out / "table1.csv", index=False)
     summ = summarize(frame, test_cols, by=by)

@@ -334,6 +334,15 @@ class Study:
             self._predictions[key] = load_predictions(run_dir)
         return self._predictions[key]
 
+    def objective(self) -> tuple[str, str]:
+        """(validation column, "min"/"max") the study optimised, from search_space.yaml."""
+        path = self.path / "search_space.yaml"
+        try:
+            obj = (yaml.safe_load(path.read_text()) or {}).get("objective", {})
+            return str(obj.get("metric", "val_cde_loss")), str(obj.get("mode", "min"))
+        except (OSError, yaml.YAMLError, AttributeError):
+            return "val_cde_loss", "min"
+
     def optuna_storage(self) -> str | None:
         """URL of the study's Optuna storage if it has one (sqlite or journal file)."""
         for name in ("optuna.db", "optuna.sqlite3", "optuna.sqlite"):

@@ -59,14 +59,15 @@ def _with_hours(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def select_rows(
-    frame: pd.DataFrame, *, best: int = 3, select_on: str = "val_cde_loss"
+    frame: pd.DataFrame, *, best: int = 3, select_on: str = "val_cde_loss", mode: str = "min"
 ) -> list[tuple[str, pd.DataFrame]]:
     """(label, runs) per table row: each group of an ablation, or references + best configs.
 
     Args:
         frame: the study frame.
         best: how many searched configurations to show (gamma study).
-        select_on: validation column to rank configurations by (lower is better).
+        select_on: validation column to rank configurations by (the study's objective).
+        mode: "min" or "max", the objective's direction.
     """
     groups = list(dict.fromkeys(frame["group"].astype(str)))
     ordered = [g for g in GROUPS if g in groups] + [g for g in groups if g not in GROUPS]
@@ -78,7 +79,7 @@ def select_rows(
             continue
         col = select_on if select_on in sub else None
         ranked = (
-            sub.groupby("config_id")[col].mean().sort_values()
+            sub.groupby("config_id")[col].mean().sort_values(ascending=mode != "max")
             if col
             else sub.groupby("config_id").size()
         )
@@ -94,7 +95,13 @@ def _config_label(row: pd.Series) -> str:
 
 
 def table1(
-    frame: pd.DataFrame, *, split: str = "test", best: int = 3, literature: bool = True
+    frame: pd.DataFrame,
+    *,
+    split: str = "test",
+    best: int = 3,
+    literature: bool = True,
+    select_on: str = "val_cde_loss",
+    mode: str = "min",
 ) -> pd.DataFrame:
     """Table 1 as a tidy frame: per row ``<metric>_mean``, ``<metric>_std``, ``n`` and ``source``.
 
@@ -103,7 +110,7 @@ def table1(
     """
     frame = _with_hours(frame)
     records = []
-    for label, runs in select_rows(frame, best=best):
+    for label, runs in select_rows(frame, best=best, select_on=select_on, mode=mode):
         rec: dict[str, object] = {
             "row": label,
             "source": "this study",

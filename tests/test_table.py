@@ -65,6 +65,9 @@ def test_gamma_study_rows_picked_on_validation(tmp_path):
     assert list(ours["group"]) == ["baseline", "baseline_aug", "search", "search"]
     assert ours.iloc[2]["config_id"] == "trial003"
     assert (ours["n"] == 2).all()
+    frame.loc[frame["config_id"] == "trial001", "val_coverage_68"] = 9.0  # best when maximising
+    top = table1(frame, best=1, select_on="val_coverage_68", mode="max")
+    assert top[top["group"] == "search"]["config_id"].tolist() == ["trial001"]
     md, csv = write_table1(frame, tmp_path / "out", best=2)
     back = pd.read_csv(csv)
     assert len(back) == 4 + len(LITERATURE) and "trial003" in md.read_text()
