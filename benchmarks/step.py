@@ -5,8 +5,8 @@ Every candidate is a zero-argument callable timed by ``benchmarks.timing.interle
 
 - one ``study.train.train_step`` per group (the trainer's step: same setup via
   ``setup_training``, same augmentation, losses, autocast, channels_last, compile), on one fixed
-  synthetic batch on the device; for a group with an invariance term also its two-pass variant
-  (``joint_views=False``: the second view in a second forward pass instead of a 2B batch);
+  synthetic batch on the device; for a group with an invariance term also its joint variant
+  (``joint_views=True``: both views in one forward pass of 2B instead of two passes of B);
 - with ``--feeds``, the first group fed from a resident split (``resident_batches``: index
   gather + float16 -> float32 on the device) and from host memory (``streamed_batches``);
 - the augmentation alone (D4 + background resampling of the batch, ``study.augment.augment``);
@@ -81,21 +81,21 @@ def _config(preset: str, group: str, device: torch.device, args: argparse.Namesp
 
 
 def step_candidates(
-    cfgs: dict[str, Config], batch: Batch, device: torch.device, two_pass: bool
+    cfgs: dict[str, Config], batch: Batch, device: torch.device, joint: bool
 ) -> tuple[dict[str, Callable[[], object]], dict[str, Any]]:
-    """One train_step closure per group (plus ``<group>_two_pass`` where P_inv is on)."""
+    """One train_step closure per group (plus ``<group>_joint`` where P_inv is on)."""
     edges = torch.linspace(0.0, 0.4, batch.flux_table.shape[-1] + 1, device=device)
     fns: dict[str, Callable[[], object]] = {}
     state: dict[str, Any] = {}
     for group, cfg in cfgs.items():
-        variants = [(group, True)]
-        if two_pass and cfg.loss.g_inv > 0:
-            variants.append((f"{group}_two_pass", False))
-        for name, joint in variants:
+        variants = [(group, False)]
+        if joint and cfg.loss.g_inv > 0:
+            variants.append((f"{group}_joint", True))
+        for name, joint_views in variants:
             model, step_model, opt = setup_training(cfg, device)
             gen = torch.Generator(device=device).manual_seed(0)
 
-            def fn(sm=step_model, m=model, o=opt, g=gen, c=cfg, j=joint, b=batch) -> object:
+            def fn(sm=step_model, m=model, o=opt, g=gen, c=cfg, j=joint_views, b=batch) -> object:
                 return train_step(sm, m, o, b, edges, g, c, joint_views=j)
 
             fns[name] = fn
@@ -241,7 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if device.type == "cpu":
             torch.set_num_threads(args.threads or 1)
         batch = synthetic_batch(first.optim.batch_size, first.model.n_bins, device)
-        fns, state = step_candidates(cfgs, batch, device, two_pass=not args.no_two_pass)
+        fns, state = step_candidates(cfgs, batch, device, joint=not args.no_joint)
         if args.feeds:
             fns |= feed_candidates(first, batch, device)
         x = batch.images
@@ -280,8 +280,8 @@ def report(
     ratios = {
         "aug_over_baseline": ratio("baseline_aug", "baseline"),
         "constrained_over_baseline": ratio("constrained", "baseline"),
-        "constrained_two_pass_over_baseline": ratio("constrained_two_pass", "baseline"),
-        "constrained_two_pass_over_joint": ratio("constrained_two_pass", "constrained"),
+        "constrained_joint_over_baseline": ratio("constrained_joint", "baseline"),
+        "constrained_joint_over_two_pass": ratio("constrained_joint", "constrained"),
         "flux_reference_over_fast": ratio("flux_reference", "flux_fast"),
         "aug_fraction_of_step": ratio("augment", "baseline_aug"),
         "resident_over_synthetic": ratio(f"{first.group}@resident", first.group),
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile (run.compile)")
     parser.add_argument("--compile-mode", default="", help="run.compile_mode")
     parser.add_argument("--feeds", action="store_true", help="also resident and streamed feeds")
-    parser.add_argument("--no-two-pass", action="store_true", help="skip the two-pass variant")
+    parser.add_argument("--no-joint", action="store_true", help="skip the joint 2B variant")
     parser.add_argument(
         "--quick",
         action="store_true",

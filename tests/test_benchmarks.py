@@ -48,7 +48,7 @@ def test_step_cli_tiny_writes_every_key(tmp_path):
     for key in (
         "aug_over_baseline",
         "constrained_over_baseline",
-        "constrained_two_pass_over_baseline",
+        "constrained_joint_over_baseline",
         "flux_reference_over_fast",
         "aug_fraction_of_step",
         "resident_over_synthetic",
