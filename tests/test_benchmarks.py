@@ -127,3 +127,46 @@ def test_synthetic_batch_shapes():
     assert isinstance(b, Batch)
     assert b.images.shape == (3, 5, 64, 64) and b.flux_table.shape == (3, 5, 7)
     assert (b.zs >= 0).all() and (b.zs <= 0.4).all()
+
+
+def test_data_cli_small_file(tmp_path):
+    from benchmarks import data as bench_data
+
+    out = tmp_path / "data.json"
+    argv = ["--n", "512", "--batch-size", "64", "--repeats", "2", "--universe-n", "0"]
+    assert bench_data.main([*argv, "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    n_train = res["load"]["galaxies"]
+    assert res["feed"]["batches_per_epoch"] == n_train // 64
+    for name in ("resident", "streamed"):
+        assert res["feed"][name]["batches_per_s"] > 0
+    assert bench_data.main(["--n", "64", "--batch-size", "64"]) == 2  # fewer than two batches
+
+
+def test_cost_hours_by_hand(tmp_path, capsys):
+    from benchmarks import cost
+
+    # The paper's 7.2 h baseline at 900 img/s is 466,169 images x 50 epochs (its training set
+    # less validation): 466169 * 50 / 900 / 3600 = 7.193 h, plus evaluation at a third of the
+    # cost: (20000 * 50 + 121543) / 3 / 900 / 3600 = 0.1154 h.
+    assert cost.trial_hours(900) == pytest.approx(7.1939 + 0.1154, abs=1e-3)
+    r = cost.row("x", "y", 4000.0, 2.1)
+    assert r["constrained_trial_h"] == pytest.approx(
+        (466169 * 50 * 2.1 + (20000 * 50 + 121543) / 3) / 4000 / 3600
+    )
+    assert r["gamma_study_h"] == pytest.approx(200 * r["constrained_trial_h"])
+    step = {
+        "device": {"device_name": "NVIDIA H100"},
+        "clock": "wall",
+        "preset": "paper",
+        "arch": "resnet50_hayat",
+        "batch_size": 128,
+        "images_per_s": {"baseline": 5000.0},
+        "constrained_over_baseline": 2.0,
+    }
+    f = tmp_path / "gpu.json"
+    f.write_text(json.dumps(step))
+    assert cost.main(["--step", str(f)]) == 0
+    text = capsys.readouterr().out
+    assert "projection" in text and "NVIDIA H100" in text and "4,900" in text
+    assert cost.main(["--step", str(tmp_path / "missing.json")]) == 2
