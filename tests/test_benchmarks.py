@@ -170,3 +170,30 @@ def test_cost_hours_by_hand(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "projection" in text and "NVIDIA H100" in text and "4,900" in text
     assert cost.main(["--step", str(tmp_path / "missing.json")]) == 2
+
+
+def test_step_under_bf16_autocast_and_channels_last_on_cpu():
+    # The CUDA settings (bf16 autocast, NHWC) exercised on the CPU: the step's losses take
+    # bf16 logits, the augmentation keeps the layout, and the terms stay near float32's.
+    from study.model import build_model
+
+    cfg = make_config("tiny", "constrained")
+    batch = bench_step.synthetic_batch(8, cfg.model.n_bins, torch.device("cpu"))
+    batch = batch._replace(images=batch.images.contiguous(memory_format=torch.channels_last))
+    edges = torch.linspace(0.0, 0.4, cfg.model.n_bins + 1)
+    out = []
+    for low in (False, True):
+        torch.manual_seed(0)
+        model = build_model("tiny_cnn", n_bins=cfg.model.n_bins, hidden=cfg.model.hidden)
+        model = model.to(memory_format=torch.channels_last)
+
+        def step_model(x, ebv, model=model, low=low):
+            assert x.is_contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+                return model(x, ebv)
+
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        gen = torch.Generator().manual_seed(1)
+        out.append(train_step(step_model, model, opt, batch, edges, gen, cfg))
+    assert torch.isfinite(out[1]).all()
+    torch.testing.assert_close(out[1], out[0], rtol=0.05, atol=0.05)
