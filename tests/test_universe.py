@@ -284,3 +284,22 @@ def test_float16_images_keep_precision_below_the_noise(small: Path, tmp_path: Pa
     err = np.abs(x16 - x32) / sigma  # rounding error in units of the pixel's own noise
     assert np.quantile(err, 0.999) < 0.01
     assert np.max(err) < 0.5  # the brightest galaxy centres: 2^-11 sqrt(counts) sigma
+
+
+@pytest.mark.slow
+def test_same_bytes_with_numpy_simd_dispatch_disabled(small: Path, tmp_path: Path) -> None:
+    """Another machine's CPU: numpy limited to its baseline SIMD (no AVX2/AVX-512 loops)."""
+    import os
+    import subprocess
+    import sys
+
+    from numpy._core._multiarray_umath import __cpu_dispatch__
+
+    out = tmp_path / "baseline.h5"
+    code = (
+        "from study.data import universe; "
+        f"universe.build_universe(300, 3, {str(out)!r}, chunk=100, workers=1, progress=False)"
+    )
+    env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": " ".join(__cpu_dispatch__)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=Path(__file__).parents[1])
+    assert _sha(out) == _sha(small)

@@ -104,7 +104,7 @@ class TemplateTables:
     """Band fluxes of the templates on ``Z_TABLE`` (AB maggies at 10 pc per unit coefficient).
 
     ``bz[i, k, b]`` is the band-b flux of template k redshifted to ``Z_TABLE[i]`` (spectrum
-    S_k(l/(1+z))/(1+z), no distance dimming), computed with ``photometry.band_fluxes``.
+    S_k(l/(1+z))/(1+z), no distance dimming), as ``photometry.band_fluxes`` computes it.
     ``rest01[k]`` is template k's ^{0.1}r flux (Blanton et al. 2003's band: r shifted to
     z = 0.1, so ``M_0.1r = -2.5 log10(sum_k a_k rest01_k)``).
     """
@@ -113,11 +113,9 @@ class TemplateTables:
         from study.data import photometry
 
         wave, flux = templates()
-        self.bz = np.stack(
-            [photometry.band_fluxes(wave * (1 + z), flux / (1 + z)) for z in Z_TABLE]
-        )
+        self.bz = round32(_redshifted_band_fluxes(wave, flux, Z_TABLE))
         b01 = photometry.band_fluxes(wave * 1.1, flux / 1.1)  # (5 templates, 5 bands)
-        self.rest01 = b01[:, 2] / 1.1  # Blanton et al. 2003: K_0.1r(z = 0.1) = -2.5 log10(1.1)
+        self.rest01 = round32(b01[:, 2] / 1.1)  # Blanton et al. 2003: K_0.1r(0.1) = -2.5 log10 1.1
         self.star_t = np.linspace(3000.0, 12000.0, 181)  # K
         sw = np.linspace(2500.0, 12000.0, 4751)
         stars = photometry.band_fluxes(sw, planck_sed(sw, self.star_t))
@@ -142,6 +140,31 @@ class TemplateTables:
         return np.stack(
             [np.interp(temperature, self.star_t, self.star_colors[:, b]) for b in range(5)], 1
         )
+
+
+def _redshifted_band_fluxes(wave: np.ndarray, flux: np.ndarray, zs: np.ndarray) -> np.ndarray:
+    """``photometry.band_fluxes(wave (1+z), flux / (1+z))`` for every z at once: (Z, K, 5).
+
+    On the stretched grid the trapezoid rule of SPEC 2 becomes (1+z) sum_i t_i w_i S(w_i)
+    R_b((1+z) w_i) over the rest grid (t_i its trapezoid weights); the filter normalisation is
+    taken from ``photometry.band_fluxes`` itself at z = 0, so the two agree to rounding.
+    """
+    from study.data import photometry
+
+    d = np.diff(wave)
+    tw = np.zeros_like(wave)
+    tw[:-1] += d / 2
+    tw[1:] += d / 2
+    out = np.empty((zs.size, flux.shape[0], 5))
+    at_zero = np.empty((flux.shape[0], 5))
+    for b, (fw, fr) in enumerate(photometry.filter_curves()):
+        resp = np.interp(np.outer(1 + zs, wave), fw, fr, left=0, right=0)  # (Z, L)
+        out[:, :, b] = (1 + zs)[:, None] * ((resp * (tw * wave)) @ flux.T)
+        at_zero[:, b] = (np.interp(wave, fw, fr, left=0, right=0) * tw * wave) @ flux.T
+    ref = photometry.band_fluxes(wave, flux)  # (K, 5) at z = 0
+    k = np.argmax(ref, axis=0)  # the brightest template fixes each band's normalisation
+    norm = at_zero[k, np.arange(5)] / ref[k, np.arange(5)]
+    return out / norm
 
 
 @functools.lru_cache(maxsize=1)
