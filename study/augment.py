@@ -114,7 +114,7 @@ def _sorted_pixels(x: torch.Tensor) -> torch.Tensor:
     an index we do not need): it was most of the augmentation's cost there. Sorting in float32
     and widening afterwards gives the same values as sorting in float64 (exact, monotone cast).
     """
-    flat = x.detach().flatten(-2)
+    flat = x.detach().flatten(-2).contiguous()  # (..., H * W); NHWC input would stay strided
     if flat.dtype in (torch.float16, torch.bfloat16):
         flat = flat.float()
     if flat.device.type == "cpu":
