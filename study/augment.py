@@ -80,10 +80,9 @@ def sigma_clipped_stats(
     Returns:
         mean, std: each of shape (...), float64.
     """
-    srt = _sorted_pixels(x).double()  # (..., N)
-    zero = torch.zeros_like(srt[..., :1])
-    csum = torch.cat([zero, srt.cumsum(-1)], -1)  # (..., N + 1); csum[i] = sum of srt[:i]
-    csq = torch.cat([zero, (srt * srt).cumsum(-1)], -1)
+    srt_raw = _sorted_pixels(x)  # (..., N)
+    csum, csq = _prefix_sums(srt_raw)  # (..., N + 1); csum[i] = sum of srt[:i]
+    srt = srt_raw.double()
     start = torch.zeros_like(srt[..., :1], dtype=torch.long)  # (..., 1)
     stop = torch.full_like(start, srt.shape[-1])
 
@@ -120,6 +119,25 @@ def _sorted_pixels(x: torch.Tensor) -> torch.Tensor:
     if flat.device.type == "cpu":
         return torch.from_numpy(np.sort(flat.numpy(), axis=-1))
     return flat.sort(dim=-1).values
+
+
+def _prefix_sums(srt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 prefix sums of v and v^2 along the last dim, with a leading 0: (..., N + 1).
+
+    On the CPU numpy accumulates straight from float32 into preallocated float64 buffers (no
+    widened copy, no concatenation: each fresh 10 MB buffer costs page faults); the values are
+    the same sequential float64 sums either way.
+    """
+    if srt.device.type == "cpu":
+        a = srt.numpy()
+        shape = (*a.shape[:-1], a.shape[-1] + 1)
+        csum, csq = np.zeros(shape), np.zeros(shape)
+        np.cumsum(a, axis=-1, dtype=np.float64, out=csum[..., 1:])
+        np.cumsum(np.square(a, dtype=np.float64), axis=-1, out=csq[..., 1:])
+        return torch.from_numpy(csum), torch.from_numpy(csq)
+    s = srt.double()
+    zero = torch.zeros_like(s[..., :1])
+    return torch.cat([zero, s.cumsum(-1)], -1), torch.cat([zero, (s * s).cumsum(-1)], -1)
 
 
 def resample_background(
