@@ -99,3 +99,7 @@ def test_flux_table_equals_plain_trapezoid_and_marks_empty_bands():
             np.testing.assert_allclose(table[i, b], ref, rtol=1e-9, atol=1e-12)
     assert np.isnan(table[3, :3]).all() and np.isfinite(table[3, 3:]).all()
     np.testing.assert_allclose(flux_table(grid, spectra[0], zs[0], centers), table[0])
+    serial = flux_table(grid, spectra, zs, centers, chunk=1, threads=1)
+    np.testing.assert_array_equal(
+        flux_table(grid, spectra, zs, centers, chunk=1, threads=3), serial
+    )
