@@ -106,6 +106,33 @@ def sigma_clipped_stats(
     return mean.squeeze(-1), std.squeeze(-1)
 
 
+def background_stats(
+    images: torch.Tensor, device: torch.device | str | None = None, chunk: int = 4096
+) -> torch.Tensor:
+    """``sigma_clipped_stats`` of every image and band of a split, computed once: (n, C, 2).
+
+    Like the flux table, these depend only on the stored pixels, never on the weights or the
+    draws, and every D4 image of a cutout has the same ones; so the trainer computes them once
+    per run and each augmentation gathers its batch's rows instead of sorting every band of
+    every image at every step (most of the augmentation's cost). Identical values.
+
+    Args:
+        images: (n, C, H, W), any float dtype, on any device.
+        device: where to compute (default: the images' device); the result goes back there.
+        chunk: images per computation (bounds the memory of the sort).
+
+    Returns:
+        (n, C, 2) float64: [..., 0] the clipped mean, [..., 1] the clipped std.
+    """
+    out = torch.empty((*images.shape[:2], 2), dtype=torch.float64, device=images.device)
+    work = images.device if device is None else torch.device(device)
+    for s in range(0, images.shape[0], chunk):
+        x = images[s : s + chunk].to(work, non_blocking=True).float()
+        mean, std = sigma_clipped_stats(x)
+        out[s : s + chunk] = torch.stack([mean, std], dim=-1).to(images.device)
+    return out
+
+
 def _sorted_pixels(x: torch.Tensor) -> torch.Tensor:
     """(..., H, W) -> (..., H * W) pixel values sorted ascending (float32 or wider).
 
