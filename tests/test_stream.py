@@ -93,3 +93,15 @@ def test_streamed_equals_resident_on_cuda():
         # Work on the consumer's stream after the copy event: the values must be the copied ones.
         _check_rows(Batch(*(t * 1 for t in s)), host, idx)
         torch.testing.assert_close(s.images, r.images, rtol=0, atol=0)
+
+
+def test_background_rows_travel_with_their_batch():
+    split = _split(n=40)
+    bg = torch.rand(40, 5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    idx_batches = list(torch.randperm(40, generator=torch.Generator().manual_seed(4)).split(16))
+    for resident in (True, False):
+        got = list(batches(split, idx_batches, "cpu", resident=resident, background=bg))
+        for b, idx in zip(got, idx_batches, strict=True):
+            _check_rows(b, split, idx)
+            torch.testing.assert_close(b.background, bg[idx], rtol=0, atol=0)
+    assert all(b.background is None for b in resident_batches(split, idx_batches))

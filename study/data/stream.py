@@ -37,10 +37,13 @@ class Batch(NamedTuple):
     ebv: torch.Tensor  # (B,), float32, mag
     zs: torch.Tensor  # (B,), float32
     flux_table: torch.Tensor | None  # (B, 5, C), float32; None when the file has no table
+    # (B, 5, 2) float64 sigma-clipped background mean and std of each band
+    # (``augment.background_stats``), when the trainer computed them for the split
+    background: torch.Tensor | None = None
 
 
-def _fields(split: SplitData) -> list[torch.Tensor | None]:
-    return [split.images, split.ebv, split.zs, split.flux_table]
+def _fields(split: SplitData, background: torch.Tensor | None) -> list[torch.Tensor | None]:
+    return [split.images, split.ebv, split.zs, split.flux_table, background]
 
 
 def resident_batches(
@@ -48,6 +51,7 @@ def resident_batches(
     index_batches: Iterable[torch.Tensor],
     *,
     image_dtype: torch.dtype | None = torch.float32,
+    background: torch.Tensor | None = None,
 ) -> Iterator[Batch]:
     """Batches gathered from a split that already lives on the training device.
 
@@ -56,15 +60,18 @@ def resident_batches(
         index_batches: row numbers into the split per batch, on any device (moved to the split's).
         image_dtype: dtype of the yielded images (a float16 file is stored as float16 and
             converted per batch); None keeps the stored dtype.
+        background: optional (n, 5, 2) per-row tensor beside the split (same device), gathered
+            into ``Batch.background``.
     """
     device = split.images.device
     for idx in index_batches:
         idx = idx.to(device, non_blocking=True)
-        images = split.images.index_select(0, idx)
+        images, ebv, zs, table, bg = (
+            None if t is None else t.index_select(0, idx) for t in _fields(split, background)
+        )
         if image_dtype is not None:
             images = images.to(image_dtype)
-        table = None if split.flux_table is None else split.flux_table.index_select(0, idx)
-        yield Batch(images, split.ebv.index_select(0, idx), split.zs.index_select(0, idx), table)
+        yield Batch(images, ebv, zs, table, bg)
 
 
 def pin_split(split: SplitData) -> SplitData:
@@ -79,12 +86,12 @@ def pin_split(split: SplitData) -> SplitData:
 class _Slot:
     """One ring-buffer slot: a host staging buffer per field and the event of its last copy."""
 
-    def __init__(self, split: SplitData, batch_size: int, pin: bool) -> None:
+    def __init__(self, fields: list[torch.Tensor | None], batch_size: int, pin: bool) -> None:
         self.host = [
             None
             if t is None
             else torch.empty((batch_size, *t.shape[1:]), dtype=t.dtype, pin_memory=pin)
-            for t in _fields(split)
+            for t in fields
         ]
         self.event: torch.cuda.Event | None = None
 
@@ -96,6 +103,7 @@ def streamed_batches(
     *,
     image_dtype: torch.dtype | None = torch.float32,
     depth: int = 2,
+    background: torch.Tensor | None = None,
 ) -> Iterator[Batch]:
     """Batches gathered on the host by a background thread and copied ahead to ``device``.
 
@@ -110,6 +118,8 @@ def streamed_batches(
         device: the training device.
         image_dtype: dtype of the yielded images (converted on the device, on the side stream).
         depth: how many batches are in flight ahead of the consumer.
+        background: optional (n, 5, 2) per-row tensor beside the split (host memory, pinned
+            on CUDA), streamed into ``Batch.background``.
     """
     device = torch.device(device)
     if split.images.device.type != "cpu":
@@ -122,7 +132,8 @@ def streamed_batches(
     batch_size = max(len(i) for i in index_batches)
     # depth + 1 slots: batch j refills slot j % (depth + 1) only after batch j - depth - 1's copy
     # out of it has finished (its event), which the worker thread waits for, never the consumer.
-    slots = [_Slot(split, batch_size, pin=True) for _ in range(depth + 1)] if cuda else []
+    fields = _fields(split, background)
+    slots = [_Slot(fields, batch_size, pin=True) for _ in range(depth + 1)] if cuda else []
     side = torch.cuda.Stream(device) if cuda else None
 
     def job(j: int) -> tuple[list[torch.Tensor | None], torch.cuda.Event | None]:
@@ -131,12 +142,12 @@ def streamed_batches(
         if idx.device.type != "cpu":
             raise ValueError("streamed_batches needs CPU index tensors (draw them on the CPU)")
         if not cuda:  # fresh tensors: the consumer may hold them while the thread gathers ahead
-            return [None if t is None else t.index_select(0, idx) for t in _fields(split)], None
+            return [None if t is None else t.index_select(0, idx) for t in fields], None
         slot = slots[j % len(slots)]
         if slot.event is not None:
             slot.event.synchronize()  # the previous copy out of this slot has finished
         staged = []
-        for src, buf in zip(_fields(split), slot.host, strict=True):
+        for src, buf in zip(fields, slot.host, strict=True):
             out = None if src is None or buf is None else buf[: len(idx)]
             if out is not None:
                 torch.index_select(src, 0, idx, out=out)
@@ -167,9 +178,9 @@ def streamed_batches(
                         t.record_stream(stream)
             elif image_dtype is not None and tensors[0] is not None:
                 tensors[0] = tensors[0].to(image_dtype)
-            images, ebv, zs, table = tensors
+            images, ebv, zs, table, bg = tensors
             assert images is not None and ebv is not None and zs is not None
-            yield Batch(images, ebv, zs, table)
+            yield Batch(images, ebv, zs, table, bg)
     finally:
         for f in pending:
             f.cancel()
@@ -183,8 +194,13 @@ def batches(
     *,
     resident: bool,
     image_dtype: torch.dtype | None = torch.float32,
+    background: torch.Tensor | None = None,
 ) -> Iterator[Batch]:
     """The batches of one epoch, resident or streamed (the ``data.resident`` switch)."""
     if resident:
-        return resident_batches(split, index_batches, image_dtype=image_dtype)
-    return streamed_batches(split, index_batches, device, image_dtype=image_dtype)
+        return resident_batches(
+            split, index_batches, image_dtype=image_dtype, background=background
+        )
+    return streamed_batches(
+        split, index_batches, device, image_dtype=image_dtype, background=background
+    )
