@@ -138,6 +138,7 @@ def trainable(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: one (configuration, seed) pair, resumable from a checkpoint."""
     from ray import tune
 
+    from study.config import save_yaml
     from study.train import train
 
     plan = trial_plan(config)
@@ -149,9 +150,11 @@ def trainable(config: dict[str, Any]) -> None:
         tune.report({**final_result(json.loads(metrics_file.read_text())), **tags})
         return
     checkpoint = tune.get_checkpoint()
-    # A retry resumes from the last reported epoch; train() needs the run's config.yaml for that.
-    resume = checkpoint is not None and (run_dir / "config.yaml").is_file()
-    if resume:
+    resume = checkpoint is not None
+    if checkpoint is not None:  # a retry: continue from the last reported epoch
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "config.yaml").is_file():  # retried on a node that lacks the run dir
+            save_yaml(plan["config"], run_dir / "config.yaml")
         with checkpoint.as_directory() as src:
             shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
             shutil.copytree(src, run_dir / "checkpoint")
