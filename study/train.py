@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from study.augment import augment, sigma_clipped_stats
+from study.augment import augment, background_stats, sigma_clipped_stats
 from study.config import (
     GROUP_LABELS,
     PRESETS,
@@ -258,6 +258,11 @@ def _train(
     cuda = device.type == "cuda"
     model, step_model, opt = setup_training(cfg, device)
     train_data, val_data = _load(info, "train", device, cfg), _load(info, "val", device, cfg)
+    # (n, 5, 2) sigma-clipped background stats of every training image, computed once on the
+    # device, kept beside the split: each augmentation gathers its rows instead of sorting
+    # every band of every image at every step (identical values)
+    augmenting = cfg.loss.augment or cfg.loss.g_inv > 0
+    background = background_stats(train_data.images, device) if augmenting else None
     edges = torch.as_tensor(info.bin_edges, dtype=torch.float32, device=device)  # (C+1,)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=cfg.optim.plateau_factor, patience=cfg.optim.plateau_patience
@@ -271,7 +276,9 @@ def _train(
     for epoch in range(len(history) + 1, cfg.optim.epochs + 1):
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
-        terms, n_images = _train_epoch(step_model, model, opt, train_data, edges, gens, cfg, epoch)
+        terms, n_images = _train_epoch(
+            step_model, model, opt, train_data, edges, gens, cfg, epoch, background
+        )
         if cuda:
             torch.cuda.synchronize()
         train_s = time.perf_counter() - t0
@@ -337,6 +344,7 @@ def _train_epoch(
     gens: dict[str, torch.Generator],
     cfg: Config,
     epoch: int,
+    background: torch.Tensor | None = None,
 ) -> tuple[dict[str, float], int]:
     """One pass over the training split; returns the mean of each loss term and #images."""
     n, bs = len(data), min(cfg.optim.batch_size, len(data))
@@ -355,7 +363,7 @@ def _train_epoch(
         disable=not cfg.run.progress,
     )
     model.train()
-    feed = batches(data, index_batches, device, resident=cfg.data.resident)
+    feed = batches(data, index_batches, device, resident=cfg.data.resident, background=background)
     for step, batch in enumerate(feed, 1):
         terms = train_step(step_model, model, opt, batch, edges, gens["augment"], cfg)
         sums += terms * bs
@@ -399,8 +407,12 @@ def train_step(
     x = _on_device(batch.images, edges.device, cfg)  # (B, 5, 64, 64) float32 nanomaggies
     ebv, zs = batch.ebv, batch.zs
     # the views of one batch share its sigma-clipped background stats (D4 leaves them unchanged;
-    # the sort behind them is most of the augmentation's cost)
-    stats = sigma_clipped_stats(x) if w.augment and w.g_inv > 0 else None
+    # the sort behind them is most of the augmentation's cost): precomputed per image by the
+    # trainer (augment.background_stats), else computed once here for both views
+    if batch.background is not None:
+        stats = (batch.background[..., 0], batch.background[..., 1])  # (B, 5) each
+    else:
+        stats = sigma_clipped_stats(x) if w.augment and w.g_inv > 0 else None
     first = augment(x, gen, stats) if w.augment else x
     logits_view = None
     with _autocast(x.device, cfg):
