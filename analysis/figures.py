@@ -192,7 +192,7 @@ def augmentation_cdes(group: str, p: np.ndarray, zs: np.ndarray, edges: np.ndarr
     centers = 0.5 * (edges[1:] + edges[:-1])
     dens = p / np.diff(edges)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"zs = {z:.3f}" for z in zs])
-    col = color(group)
+    col = color(group.split(" ")[0])
     for gi in range(n_gal):
         r, c = gi // cols + 1, gi % cols + 1
         # all draws of one galaxy as one trace, separated by None gaps (fast to draw)

@@ -334,11 +334,10 @@ def _page(study, frame, table, paired, summ, variance, land, figs, notes, second
             "<p class='note'>curvature: second derivative of a quadratic fit on |a| ≤ 0.2 along one "
             "filter-normalised direction (the same Gaussian draw for every group); sharpness: largest rise "
             "over a ∈ [−1, 1]. Full 2D surfaces: <code>python -m analysis.landscape RUN_DIR</code>.</p>",
-            _df_html(
-                land.pivot_table(
-                    index=["label", "seed"], columns="term", values="curvature"
-                ).reset_index()
-            ),
+            "<p>curvature per loss term:</p>",
+            _df_html(_pivot(land, "curvature")),
+            "<p>sharpness per loss term:</p>",
+            _df_html(_pivot(land, "sharpness")),
         ]
     parts.append("<h2>Figures</h2>")
     for name, fig in figs:
