@@ -187,8 +187,10 @@ def resolve_path(search: str) -> Path:
     """``gamma`` -> ``search_spaces/gamma.yaml``; anything with a suffix or slash is a path."""
     if search.endswith((".yaml", ".yml")) or "/" in search:
         path = Path(search)
-    else:
+    else:  # the checkout's search_spaces/, else ./search_spaces/ (a non-editable install)
         path = SEARCH_DIR / f"{search}.yaml"
+        if not path.is_file() and (Path("search_spaces") / f"{search}.yaml").is_file():
+            path = Path("search_spaces") / f"{search}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in SEARCH_DIR.glob("*.yaml")))
         raise UserError(f"--search {search}: no file {path}; use one of {known} or a YAML path")
