@@ -81,6 +81,44 @@ def _exp_ft(s: np.ndarray) -> np.ndarray:
     return 1 / (t * np.sqrt(t))
 
 
+def _gauss_powers(q: np.ndarray, m_max: int) -> np.ndarray:
+    """q^(m^2) for m = 0..m_max along a new last axis, by repeated multiplication (float64)."""
+    out = np.empty((*q.shape, m_max + 1))
+    out[..., 0] = 1.0
+    step, q2 = q.copy(), q * q  # q^(2m - 1)
+    for m in range(1, m_max + 1):
+        out[..., m] = out[..., m - 1] * step
+        step = step * q2
+    return out
+
+
+def _phase_powers(theta: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """e^{-i m theta} (B, len(m)) complex64 for integer m, from w = e^{-i theta} by repeated
+    multiplication spelt out in real float64 ufuncs (no fused multiply-adds); m < 0 uses
+    conj(w^|m|)."""
+    c, s = sed.round32(np.cos(theta)), -sed.round32(np.sin(theta))
+    m_max = int(np.abs(m).max())
+    re, im = np.empty((len(theta), m_max + 1)), np.empty((len(theta), m_max + 1))
+    re[:, 0], im[:, 0] = 1.0, 0.0
+    for k in range(1, m_max + 1):
+        re[:, k] = re[:, k - 1] * c - im[:, k - 1] * s
+        im[:, k] = re[:, k - 1] * s + im[:, k - 1] * c
+    out = np.empty((len(theta), m.size), np.complex64)
+    out.real = re[:, np.abs(m)]
+    out.imag = np.where(m < 0, -im[:, np.abs(m)], im[:, np.abs(m)])
+    return out
+
+
+def _outer(py: np.ndarray, px: np.ndarray) -> np.ndarray:
+    """py (B, ky) x px (B, kx) -> (B, ky, kx) complex64, in real float32 ufuncs (no FMA)."""
+    yr, yi = py.real[:, :, None], py.imag[:, :, None]
+    xr, xi = px.real[:, None, :], px.imag[:, None, :]
+    out = np.empty((py.shape[0], py.shape[1], px.shape[1]), np.complex64)
+    out.real = yr * xr - yi * xi
+    out.imag = yr * xi + yi * xr
+    return out
+
+
 class Renderer:
     """Renders blocks of galaxies; all constant grids are built once."""
 
@@ -91,7 +129,10 @@ class Renderer:
         self.kx2 = np.broadcast_to(kx**2, (N_PAD, kx.size)).astype(np.float32)
         self.ky2 = np.broadcast_to(ky[:, None] ** 2, (N_PAD, kx.size)).astype(np.float32)
         self.kxy = (ky[:, None] * kx[None, :]).astype(np.float32)
-        self.wy, self.wx = np.sinc(ky / (2 * np.pi)), np.sinc(kx / (2 * np.pi))  # pixel box
+        self.my = np.rint(np.fft.fftfreq(N_PAD) * N_PAD).astype(np.int64)  # k = 2 pi m / N_PAD
+        self.mx = np.arange(N_PAD // 2 + 1)
+        self.wy = sed.round32(np.sinc(self.my / N_PAD))  # pixel box, sin(k/2) / (k/2)
+        self.wx = sed.round32(np.sinc(self.mx / N_PAD))
         table = devauc_table()
         self.table = table.astype(np.float32)
         self.table_step = np.float32((TABLE_SIZE - 1) / KAPPA_MAX**0.5)
@@ -156,28 +197,31 @@ class Renderer:
         f = x - i.astype(np.float32)
         return self.table[i] * (1 - f) + self.table[i + 1] * f
 
-    def _mtf(self, sig2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Gaussian PSF x pixel box along ky (B, 5, ky) and kx (B, 5, kx), float32.
+    def factors(
+        self, g: dict[str, np.ndarray], obs: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Separable Fourier factors: PSF x pixel box and the centres' shifts.
 
-        Both are real and separable, so no exponential is evaluated on the 2-D grid; computed
-        in float64 and rounded, so CPU-specific last bits of exp do not survive.
-        sig2 (B, 5) is sigma_psf^2 / 2 in px^2.
+        ``gy`` (B, 5, ky) and ``gx`` (B, 5, kx) are the Gaussian PSF times the pixel box (real,
+        float32); ``py``/``px`` (B, ky)/(B, kx) the shift e^{-i k x0} of the galaxy and
+        ``npy``/``npx`` its neighbour's (complex64). The grid is k = 2 pi m / N_PAD with integer
+        m, so exp(-s k^2) = q^(m^2) and e^{-i k x0} = w^m follow from one q or w per galaxy by
+        repeated IEEE multiplication: no per-frequency exp/sin/cos, whose SIMD code differs
+        between CPUs, and so identical bits on any machine.
         """
-        gy = np.exp(-sig2[:, :, None] * self.ky**2) * self.wy
-        gx = np.exp(-sig2[:, :, None] * self.kx**2) * self.wx
-        return gy.astype(np.float32), gx.astype(np.float32)
-
-    def _phase(self, x0: np.ndarray, y0: np.ndarray) -> np.ndarray:
-        """e^{-i k.x0} for centres (B,) in padded pixels: (B, ky, kx) complex64.
-
-        The outer product is spelt out in real float32 ufuncs: numpy's complex multiply uses
-        fused multiply-adds on some CPUs and not on others, which changes the last bits.
-        """
-        py = np.exp(-1j * self.ky[None, :] * y0[:, None]).astype(np.complex64)[:, :, None]
-        px = np.exp(-1j * self.kx[None, :] * x0[:, None]).astype(np.complex64)[:, None, :]
-        out = np.empty((len(x0), self.ky.size, self.kx.size), np.complex64)
-        out.real = py.real * px.real - py.imag * px.imag
-        out.imag = py.real * px.imag + py.imag * px.real
+        dk = 2 * np.pi / N_PAD
+        sig2 = (obs["psf_fwhm_arcsec"] / 2.3548 / PIXEL_SCALE) ** 2 / 2  # (B, 5) px^2
+        q = sed.round32(np.exp(-sig2 * dk**2))
+        g_pos = _gauss_powers(q, N_PAD // 2)  # (B, 5, N_PAD/2 + 1) for m = 0..N/2
+        out = {
+            "gy": (g_pos[:, :, np.abs(self.my)] * self.wy).astype(np.float32),
+            "gx": (g_pos[:, :, self.mx] * self.wx).astype(np.float32),
+        }
+        centre = N_PAD / 2 + g["offset_px"]  # (B, 2) x, y in padded pixels
+        offset = obs.get("neighbour_offset_px", np.zeros_like(centre))
+        for name, pos in (("", centre), ("n", centre + offset)):
+            out[f"{name}px"] = _phase_powers(pos[:, 0] * dk, self.mx)
+            out[f"{name}py"] = _phase_powers(pos[:, 1] * dk, self.my)
         return out
 
     def noiseless(self, g: dict[str, np.ndarray], obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -188,16 +232,14 @@ class Renderer:
         f_d = _exp_ft(s_d)
         bulge = g["flux_bulge"].astype(np.float32)[:, :, None, None]
         disk = g["flux_disk"].astype(np.float32)[:, :, None, None]
-        sig2 = (obs["psf_fwhm_arcsec"] / 2.3548 * to_px) ** 2 / 2  # (B, 5) px^2
-        centre = N_PAD / 2 + g["offset_px"]  # (B, 2) padded pixels
-        gy, gx = self._mtf(sig2)
+        fac = self.factors(g, obs)
+        gy, gx = fac["gy"], fac["gx"]
         amp = bulge * f_b[:, None] + disk * f_d[:, None]  # (B, 5, ky, kx) real
         amp *= gy[:, :, :, None]
         amp *= gx[:, :, None, :]
-        ft = amp * self._phase(centre[:, 0], centre[:, 1])[:, None]  # real x complex: exact
+        ft = amp * _outer(fac["py"], fac["px"])[:, None]  # real x complex: exact
         idx = np.flatnonzero(obs["neighbour_kind"] > 0)
         if idx.size:
-            pos = centre[idx] + obs["neighbour_offset_px"][idx]
             prof = np.ones((idx.size, *self.kx2.shape), np.float32)
             gal = obs["neighbour_kind"][idx] == 1
             if gal.any():
@@ -210,7 +252,7 @@ class Renderer:
             amp_n = obs["neighbour_flux"][idx].astype(np.float32)[:, :, None, None] * prof[:, None]
             amp_n *= gy[idx][:, :, :, None]
             amp_n *= gx[idx][:, :, None, :]
-            ft[idx] += amp_n * self._phase(pos[:, 0], pos[:, 1])[:, None]
+            ft[idx] += amp_n * _outer(fac["npy"][idx], fac["npx"][idx])[:, None]
         # inverse transform along ky, keep the 64 rows of the crop, then along kx
         rows = scipy.fft.ifft(ft, axis=2, overwrite_x=True)[:, :, CROP : CROP + N_OUT]
         return scipy.fft.irfft(rows, n=N_PAD, axis=3)[:, :, :, CROP : CROP + N_OUT]

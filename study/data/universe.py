@@ -6,10 +6,13 @@ cut (``population.py``), kcorrect template SEDs through the SDSS filters (``sed.
 bulge + disk cutouts with PSF, sky and noise (``render.py``).
 
 Determinism: galaxies come in fixed blocks of 1024, each with its own random streams keyed by
-``(seed, block)``, and all batched math runs per fixed block (no BLAS, single-threaded
-numpy), so the same seed gives a byte-identical file for any ``chunk``, any number of
-``workers`` and any machine with the same numpy; a universe of n galaxies is the first n of
-the seed's sequence. The split is ``dataset.draw_split(n, data_seed)``.
+``(seed, block)``; all batched math runs per fixed block, single-threaded, with no BLAS; every
+result of exp/log/power (whose SIMD code differs between CPUs) is rounded to float32
+precision before use and complex products are spelt out in real ufuncs (no fused
+multiply-adds). So the same seed gives a byte-identical file for any ``chunk``, any number
+of ``workers`` and any x86-64 machine with the same numpy/scipy versions (tested with numpy's
+SIMD dispatch disabled); a universe of n galaxies is the first n of the seed's sequence. The
+split is ``dataset.draw_split(n, data_seed)``.
 
 Flux and spectrum conventions:
 - ``flux`` is each galaxy's noiseless total band flux as observed (nanomaggies, Galactic
