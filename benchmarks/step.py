@@ -9,7 +9,9 @@ Every candidate is a zero-argument callable timed by ``benchmarks.timing.interle
   (``joint_views=True``: both views in one forward pass of 2B instead of two passes of B);
 - with ``--feeds``, the first group fed from a resident split (``resident_batches``: index
   gather + float16 -> float32 on the device) and from host memory (``streamed_batches``);
-- the augmentation alone (D4 + background resampling of the batch, ``study.augment.augment``);
+- the augmentation alone (D4 + background resampling of the batch, ``study.augment.augment``,
+  given the precomputed background stats as in the step), and the background stats themselves
+  (``augment.background_stats``: computed once per run for each training image, not per step);
 - the flux term, forward + backward given ``p`` requiring grad, both ways on the same batch:
   ``losses.flux_loss`` (precomputed table) and ``losses.flux_loss_reference`` (the paper's
   in-graph trapezoid integrals over an SDSS-like spectrum grid).
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 
 from benchmarks.timing import device_info, interleaved, ratio_summary, resolve_device, summary
-from study.augment import augment
+from study.augment import augment, background_stats
 from study.config import GROUPS, PRESETS, Config, make_config
 from study.data.dataset import SplitData
 from study.data.stream import Batch, pin_split, resident_batches, streamed_batches
@@ -63,11 +65,13 @@ def synthetic_batch(batch_size: int, n_bins: int, device: torch.device, seed: in
     amp = 0.5 + 5.0 * torch.rand(batch_size, 5, 1, 1, generator=g)  # nanomaggies, per band
     images = amp * torch.exp(-r / scale) + 0.05 * torch.randn(batch_size, 5, 64, 64, generator=g)
     table = 1.0 + 0.2 * torch.randn(batch_size, 5, n_bins, generator=g)  # (B, 5, C), ~1
+    images = images.to(device)
     return Batch(
-        images=images.to(device),
+        images=images,
         ebv=(0.1 * torch.rand(batch_size, generator=g)).to(device),
         zs=(0.4 * torch.rand(batch_size, generator=g)).to(device),
         flux_table=table.to(device),
+        background=background_stats(images),  # as the trainer precomputes them per split
     )
 
 
@@ -116,6 +120,7 @@ def feed_candidates(
         ids=np.arange(FEED_POOL * b),
         index=np.arange(FEED_POOL * b),
     )
+    bg_host = batch.background.cpu().repeat(FEED_POOL, 1, 1)
     if device.type == "cuda":
         host = pin_split(host)
     dev = SplitData(
@@ -126,6 +131,7 @@ def feed_candidates(
         ids=host.ids,
         index=host.index,
     )
+    bg_dev = bg_host.to(device)
     order = torch.Generator().manual_seed(1)
     edges = torch.linspace(0.0, 0.4, batch.flux_table.shape[-1] + 1, device=device)
 
@@ -134,8 +140,8 @@ def feed_candidates(
             yield from make(list(torch.randperm(FEED_POOL * b, generator=order).split(b)))
 
     feeds = {
-        "resident": endless(lambda idx: resident_batches(dev, idx)),
-        "streamed": endless(lambda idx: streamed_batches(host, idx, device)),
+        "resident": endless(lambda idx: resident_batches(dev, idx, background=bg_dev)),
+        "streamed": endless(lambda idx: streamed_batches(host, idx, device, background=bg_host)),
     }
     fns: dict[str, Callable[[], object]] = {}
     for name, feed in feeds.items():
@@ -194,7 +200,7 @@ def flux_candidates(
     table's more slowly, so a smaller batch understates the ratio).
     """
     if size:
-        batch = Batch(*(t[:size] for t in batch))
+        batch = Batch(*(None if t is None else t[:size] for t in batch))
     b, n_bins = batch.flux_table.shape[0], batch.flux_table.shape[-1]
     edges = torch.linspace(0.0, 0.4, n_bins + 1, device=device)
     g = torch.Generator().manual_seed(2)
@@ -270,7 +276,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if device.type == "cuda" and first.run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         aug_gen = torch.Generator(device=device).manual_seed(3)
-        fns["augment"] = lambda: augment(x, aug_gen)
+        stats = (batch.background[..., 0], batch.background[..., 1])
+        fns["augment"] = lambda: augment(x, aug_gen, stats)  # per view, as in the step
+        fns["background_stats"] = lambda: background_stats(x)  # once per run and image
         flux_fns, flux_meta = flux_candidates(batch, device, args.flux_batch)
         times = interleaved(
             fns, calls=args.steps, repeats=args.repeats, warmup=args.warmup, device=device
@@ -306,11 +314,13 @@ def report(
         "constrained_joint_over_two_pass": ratio("constrained_joint", "constrained"),
         "flux_reference_over_fast": ratio("flux_reference", "flux_fast"),
         "aug_fraction_of_step": ratio("augment", "baseline_aug"),
+        "background_stats_over_baseline_step": ratio("background_stats", "baseline"),
         "resident_over_synthetic": ratio(f"{first.group}@resident", first.group),
         "streamed_over_resident": ratio(f"{first.group}@streamed", f"{first.group}@resident"),
     }
     ratios = {k: v for k, v in ratios.items() if v is not None}
-    steps = {n: summary(v) for n, v in t.items() if not n.startswith("flux") and n != "augment"}
+    not_steps = ("augment", "background_stats")
+    steps = {n: summary(v) for n, v in t.items() if not n.startswith("flux") and n not in not_steps}
     out: dict[str, Any] = {
         "benchmark": "benchmarks.step",
         "command": "python -m benchmarks.step " + " ".join(args.argv),
