@@ -104,7 +104,7 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return f"cuda ({torch.cuda.getdevice_name(device)})"
+        return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
 
 

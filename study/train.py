@@ -409,6 +409,7 @@ def train_step(
     # the views of one batch share its sigma-clipped background stats (D4 leaves them unchanged;
     # the sort behind them is most of the augmentation's cost): precomputed per image by the
     # trainer (augment.background_stats), else computed once here for both views
+    stats: tuple[torch.Tensor, torch.Tensor] | None
     if batch.background is not None:
         stats = (batch.background[..., 0], batch.background[..., 1])  # (B, 5) each
     else:

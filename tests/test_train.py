@@ -326,3 +326,12 @@ def test_cuda_compiled(data_file, tmp_path):
     over = {"run.device": "cuda", "run.compile": True, "run.compile_mode": "default"}
     res = train(tiny(data_file, "constrained", **over), tmp_path / "run")
     assert np.isfinite(res.history["total"]).all()
+
+
+def test_device_name_on_cuda_names_the_card(monkeypatch):
+    """Runs without a GPU: the CUDA branch of metrics.json's "device" (get_device_name mocked)."""
+    from study.rundir import device_name
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H100")
+    assert device_name(torch.device("cuda")) == "cuda (NVIDIA H100)"
+    assert device_name(torch.device("cpu")).startswith("cpu (")
