@@ -56,7 +56,7 @@ from study.config import (
     save_yaml,
 )
 from study.data.dataset import DatasetInfo, SplitData, batch_indices, load_split, read_info
-from study.data.stream import Batch, batches, pin_split
+from study.data.stream import Batch, batches
 from study.errors import UserError
 from study.losses import (
     cde_loss,
@@ -318,12 +318,13 @@ def setup_training(
 
 
 def _load(info: DatasetInfo, split: str, device: torch.device, cfg: Config) -> SplitData:
-    """A split on the device (data.resident) or in (pinned, on CUDA) host memory (streamed)."""
+    """A split on the device (data.resident) or in host memory (streamed).
+
+    The streamed split needs no page-locking: ``streamed_batches`` gathers each batch's rows
+    into small pinned staging buffers (pinning the whole 25 GB split would double host memory).
+    """
     dtype = getattr(torch, cfg.data.image_dtype)
-    if cfg.data.resident:
-        return load_split(info.path, split, device, dtype)
-    data = load_split(info.path, split, "cpu", dtype)
-    return pin_split(data) if device.type == "cuda" else data
+    return load_split(info.path, split, device if cfg.data.resident else "cpu", dtype)
 
 
 def _generators(seed: int, device: torch.device) -> dict[str, torch.Generator]:

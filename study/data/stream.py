@@ -1,14 +1,15 @@
-"""Training batches from a split: resident on the device, or streamed from pinned host memory.
+"""Training batches from a split: resident on the device, or streamed from host memory.
 
 Two ways to feed the step, chosen by the config switch ``data.resident``:
 
 - **resident** (the default, cifar10-airbench style): the whole split already lives on the training
   device (``load_split(..., device=dev)``) and a batch is one ``index_select`` there. The paper's
-  607,712 galaxies are 607,712 x 5 x 64 x 64 x 2 bytes = 24.9 GB as float16: they fit on an 80 GB GPU
-  beside a constrained ResNet50 trial.
-- **streamed**: when the split does not fit, it stays in host memory (page-locked when the device is
-  CUDA) and a background thread gathers the rows of batch i + 1 (and i + 2, ``depth`` ahead) into a
-  pinned buffer and copies them to the device with ``non_blocking=True`` on a side CUDA stream, while
+  607,712 galaxies are 607,712 x 5 x 64 x 64 x 2 bytes = 24.9 GB as float16 (plus 2.2 GB of flux
+  table): meant to sit on an 80 GB GPU beside a constrained ResNet50 trial (not yet measured on a
+  GPU: ``benchmarks.step`` reports the trial's peak memory and whether the set fits).
+- **streamed**: when the split does not fit, it stays in (pageable) host memory and a background
+  thread gathers the rows of batch i + 1 (and i + 2, ``depth`` ahead) into a small page-locked
+  staging buffer and copies them to the device with ``non_blocking=True`` on a side CUDA stream, while
   the main stream runs step i. The main stream only waits on the copy's event, so the host never
   blocks on the transfer: a 128-galaxy float16 batch is 5.2 MB, about 0.2 ms over PCIe 4, against a
   step of tens of ms.
@@ -107,7 +108,8 @@ def streamed_batches(
 ) -> Iterator[Batch]:
     """Batches gathered on the host by a background thread and copied ahead to ``device``.
 
-    On CUDA the split should be pinned (``pin_split``) and the copies run on a side stream; the
+    On CUDA the rows go through page-locked staging buffers (the split itself need not be
+    pinned: ``pin_split`` only saves the gather's copy) and the copies run on a side stream; the
     consumer's stream waits on each batch's copy event (no host sync) and the batch's memory is
     tied to the consumer's stream (``record_stream``), so the caching allocator cannot reuse it
     early. On CPU the thread only gathers ahead (useful when the host reads are the bottleneck).
@@ -118,8 +120,8 @@ def streamed_batches(
         device: the training device.
         image_dtype: dtype of the yielded images (converted on the device, on the side stream).
         depth: how many batches are in flight ahead of the consumer.
-        background: optional (n, 5, 2) per-row tensor beside the split (host memory, pinned
-            on CUDA), streamed into ``Batch.background``.
+        background: optional (n, 5, 2) per-row tensor beside the split (host memory),
+            streamed into ``Batch.background``.
     """
     device = torch.device(device)
     if split.images.device.type != "cpu":
