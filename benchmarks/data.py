@@ -8,7 +8,7 @@
   (sky noise plus a galaxy per cutout, float16 or float32 images, a flux table).
 - **feed**: batches per second over one epoch of ``batch_indices`` order, the way the trainer
   draws them: ``resident_batches`` (the split on the device; a gather and a float16 -> float32
-  cast per batch) against ``streamed_batches`` (the split in host memory, pinned on CUDA; a
+  cast per batch) against ``streamed_batches`` (the split in pageable host memory; a
   background thread gathers and copies ahead on a side stream). Epochs interleaved, median
   and IQR over the repeats.
 - **universe**: galaxies per second of ``build_universe`` (the real builder, every stage:
@@ -34,7 +34,7 @@ import torch
 
 from benchmarks.timing import device_info, interleaved, resolve_device, summary
 from study.data.dataset import batch_indices, draw_split, load_split, write_dataset
-from study.data.stream import pin_split, resident_batches, streamed_batches
+from study.data.stream import resident_batches, streamed_batches
 from study.errors import UserError
 
 
@@ -93,8 +93,6 @@ def time_feeds(
 ) -> dict[str, Any]:
     """Batches/s of one epoch, resident vs streamed, epochs interleaved."""
     host = load_split(path, "train", "cpu", dtype)
-    if device.type == "cuda":
-        host = pin_split(host)
     dev = load_split(path, "train", device, dtype)
     order = torch.Generator().manual_seed(0)
     n_batches = len(host) // batch_size

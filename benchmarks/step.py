@@ -41,7 +41,7 @@ from benchmarks.timing import device_info, interleaved, ratio_summary, resolve_d
 from study.augment import augment, background_stats
 from study.config import GROUPS, PRESETS, Config, make_config
 from study.data.dataset import SplitData
-from study.data.stream import Batch, pin_split, resident_batches, streamed_batches
+from study.data.stream import Batch, resident_batches, streamed_batches
 from study.errors import UserError
 from study.losses import flux_loss, flux_loss_reference
 from study.train import _torch_settings, setup_training, train_step
@@ -121,8 +121,6 @@ def feed_candidates(
         index=np.arange(FEED_POOL * b),
     )
     bg_host = batch.background.cpu().repeat(FEED_POOL, 1, 1)
-    if device.type == "cuda":
-        host = pin_split(host)
     dev = SplitData(
         images=host.images.to(device),
         ebv=host.ebv.to(device),
