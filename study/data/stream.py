@@ -67,8 +67,9 @@ def resident_batches(
     device = split.images.device
     for idx in index_batches:
         idx = idx.to(device, non_blocking=True)
-        images, ebv, zs, table, bg = (
-            None if t is None else t.index_select(0, idx) for t in _fields(split, background)
+        images, ebv, zs = (t.index_select(0, idx) for t in (split.images, split.ebv, split.zs))
+        table, bg = (
+            None if t is None else t.index_select(0, idx) for t in (split.flux_table, background)
         )
         if image_dtype is not None:
             images = images.to(image_dtype)
@@ -151,7 +152,7 @@ def streamed_batches(
         staged = []
         for src, buf in zip(fields, slot.host, strict=True):
             out = None if src is None or buf is None else buf[: len(idx)]
-            if out is not None:
+            if src is not None and out is not None:
                 torch.index_select(src, 0, idx, out=out)
             staged.append(out)
         assert side is not None
