@@ -68,6 +68,8 @@ def measured_rows(res: dict[str, Any]) -> list[dict]:
     ips = res["images_per_s"]["baseline"]
     ratio = res["constrained_over_baseline"]
     what = f"{res['preset']} preset ({res['arch']}, batch {res['batch_size']}) on {dev}"
+    if res.get("compile"):
+        what += f", torch.compile {res.get('compile_mode')}"
     if res["preset"] != "demo":
         return [row(f"{what}, paper scale", f"measured ({clock})", ips, ratio)]
     cfg = make_config("demo")
