@@ -104,3 +104,18 @@ def test_paper_model_forward_backward_at_64px():
     m.eval()  # batch of one: BatchNorm in eval mode for the backward check too
     m(x, torch.tensor([0.02])).logsumexp(1).sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+def test_centre_pool_is_a_normalised_d4_invariant_window():
+    from study.augment import random_d4
+    from study.model import CentrePool
+
+    pool = CentrePool(0.25)
+    h = torch.randn(16, 3, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(pool(torch.ones(1, 1, 8, 8)), torch.ones(1, 1))
+    g = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(pool(random_d4(h, g)), pool(h), rtol=1e-12, atol=1e-12)
+    # the centre weighs more than the corner
+    corner, centre = torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)
+    corner[..., 0, 0], centre[..., 3, 4] = 1.0, 1.0
+    assert pool(centre).item() > 10 * pool(corner).item()
