@@ -124,7 +124,7 @@ def make_block(
         maker = flux_table_maker(*table)
         coeffs = g["coeffs_bulge"] + g["coeffs_disk"]
         out["flux_table"] = maker(coeffs, g["zs"]).astype(np.float32)
-        out["truth/spectral_range_A"] = np.tile(np.float32(table[2]), (BLOCK, 1))
+        out["truth/spectral_range_A"] = np.tile(np.asarray(table[2], np.float32), (BLOCK, 1))
     if images:
         if image_out is None:
             image_out = np.empty((BLOCK, 5, 64, 64), image_dtype)
@@ -152,7 +152,8 @@ def build_catalogue(
     Identical, row for row, to the same columns of ``build_universe(n, seed, ...)``.
     """
     _check_n(n)
-    table = (n_bins, z_max, tuple(spectral_range)) if flux_table else None
+    lo, hi = spectral_range
+    table = (n_bins, z_max, (float(lo), float(hi))) if flux_table else None
     blocks = [make_block(seed, b, images=False, table=table) for b in range(-(-n // BLOCK))]
     return _concat(blocks, n)
 
@@ -272,7 +273,7 @@ def build_universe(
     seed: int,
     out: str | os.PathLike,
     *,
-    chunk: int = 4096,
+    chunk: int = 1024,
     image_dtype: str = "float32",
     spectral_range: tuple[float, float] = DEFAULT_RANGE,
     n_bins: int = 180,
@@ -390,7 +391,9 @@ def add_universe_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--n-bins", type=int, default=180, help="redshift bins of flux_table")
     p.add_argument("--z-max", type=float, default=0.4, help="upper edge of the bins")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the train/val/test split")
-    p.add_argument("--chunk", type=int, default=4096, help="galaxies per write (bytes unchanged)")
+    p.add_argument(
+        "--chunk", type=int, default=1024, help="max galaxies per write (bytes unchanged)"
+    )
     p.add_argument(
         "--workers", type=int, default=None, help="rendering processes (default: CPUs, <= 8)"
     )
