@@ -258,6 +258,8 @@ def test_cached_universe_builds_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
         return real(*args, **{**kwargs, "progress": False, "workers": 1})
 
     monkeypatch.setattr(universe, "build_universe", counted)
+    stale = tmp_path / ".universe-v1-n50-seed1-float32.h5.999.tmp"  # a killed build's leftover
+    stale.write_text("half")
     paths: list[Path] = []
     threads = [
         threading.Thread(target=lambda: paths.append(universe.cached_universe(50, 1)))
@@ -269,6 +271,7 @@ def test_cached_universe_builds_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
         t.join()
     assert len(builds) == 1 and len(set(paths)) == 1 and paths[0].parent == tmp_path
     assert universe.cached_universe(50, 1) == paths[0] and len(builds) == 1
+    assert not stale.exists()
 
 
 def test_float16_images_keep_precision_below_the_noise(small: Path, tmp_path: Path) -> None:

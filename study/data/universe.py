@@ -356,7 +356,8 @@ def cached_universe(n: int, seed: int = 0, image_dtype: str = "float32") -> Path
 
     Safe when several processes on one node ask at once: the first takes an exclusive file
     lock and builds (the writer renames a finished temporary file into place); the others
-    wait on the lock and then find the file.
+    wait on the lock and then find the file. A build killed half-way leaves only a hidden
+    temporary file, which the next build (holding the lock) removes.
     """
     _check_n(n)
     path = cache_dir() / f"universe-v{VERSION}-n{n}-seed{seed}-{image_dtype}.h5"
@@ -369,6 +370,8 @@ def cached_universe(n: int, seed: int = 0, image_dtype: str = "float32") -> Path
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not path.exists():
+                for stale in path.parent.glob(f".{path.name}.*.tmp"):  # a killed build's leftovers
+                    stale.unlink(missing_ok=True)
                 build_universe(n, seed, path, image_dtype=image_dtype)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
