@@ -258,7 +258,7 @@ def test_cached_universe_builds_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
         return real(*args, **{**kwargs, "progress": False, "workers": 1})
 
     monkeypatch.setattr(universe, "build_universe", counted)
-    stale = tmp_path / ".universe-v1-n50-seed1-float32.h5.999.tmp"  # a killed build's leftover
+    stale = tmp_path / f".universe-v{universe.VERSION}-n50-seed1-float32.h5.999.tmp"  # leftover
     stale.write_text("half")
     paths: list[Path] = []
     threads = [

@@ -109,7 +109,9 @@ class Population:
         t_blue = np.clip(0.4 - 0.1 * (mag + 20) + 0.15 * rng.standard_normal(m), 0.0, 0.75)
         t = np.where(red, t_red, t_blue)
         bt = np.clip(0.75 * t - 0.05 + 0.1 * rng.standard_normal(m), 0.0, 1.0)
-        scatter = np.exp(0.3 * rng.standard_normal((m, 5)))  # SED diversity beyond the t axis
+        scatter = np.exp(
+            0.7 * rng.standard_normal((m, 5))
+        )  # SED diversity off the t axis (lognormal)
 
         def mix(tt: np.ndarray) -> np.ndarray:
             c = ((1 - tt)[:, None] * BLUE + tt[:, None] * RED) * scatter

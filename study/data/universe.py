@@ -47,7 +47,7 @@ from study.data import sed
 from study.data.dataset import DatasetWriter, draw_split
 from study.errors import UserError
 
-VERSION = 1  # bump when the physics changes: cached universes are keyed by it
+VERSION = 2  # bump when the physics changes: cached universes are keyed by it
 DEFAULT_RANGE = (3800.0, 9200.0)  # A, the SDSS spectrograph
 BLOCK = pop_mod.BLOCK
 CATALOGUE_TRUTH: dict[str, tuple[tuple[int, ...], str]] = {
