@@ -12,7 +12,8 @@ write chunk (a universe of n galaxies is the first n of an endless sequence).
   k-correction lies between its templates'), then the main-galaxy-sample cut
   r_dered < 17.77 is applied with each galaxy's own k-correction; rejected draws are replaced.
 - SED: non-negative mixes of the five kcorrect templates, in fractions of ^{0.1}r light,
-  along a blue-to-red axis t. The red fraction rises with luminosity; both the red sequence
+  along a blue-to-red axis t, each template weight scattered by a lognormal factor
+  (sigma 0.7) for diversity off the axis. The red fraction rises with luminosity; both the red sequence
   and the blue cloud redden with luminosity. Bulge and disk share the galaxy's mix but the
   bulge is moved redward (t_B = t + (1 - BT) dt, t_D = t - BT dt), so the light-weighted
   total stays at t and colours vary across the image. Bulge-to-total rises with t.
