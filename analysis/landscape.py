@@ -315,7 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--no-2d", action="store_true", help="only the 1D slice")
     ap.add_argument("--force", action="store_true", help="overwrite an existing output folder")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     try:
         out = args.out or args.run_dir / "landscape"
         if out.exists() and any(out.iterdir()) and not args.force:

@@ -31,6 +31,7 @@ from analysis.table import COLUMNS, EXTRA_COLUMNS, PAPER_COLUMNS, select_rows, t
 from study.errors import UserError
 
 KEY_METRICS = ("sigma_nmad", "bias", "outlier_frac", "cde_loss", "ks", "coverage_68")
+LANDSCAPE_GALAXIES = 64  # report: a quick 1D slice per group; the full one is analysis.landscape
 QUESTIONS = (
     ("constrained", "baseline_aug"),
     ("baseline_aug", "baseline"),
@@ -185,13 +186,17 @@ def build_report(
 
     figs: list[tuple[str, go.Figure]] = []
     notes: list[str] = []
+    timings: dict[str, float] = {"tables": time.perf_counter() - t0}
+    tic = time.perf_counter()
     figs.append(("pit", figures.pit_histograms(_pits(study, frame))))
     firsts = _first_runs(frame)
     preds = {k: study.predictions(study.run_dir(r)) for k, r in firsts.items()}
     n_runs = {k: int(g["seed"].nunique()) for k, g in frame.groupby("label")}
     figs.append(("zp_zs", figures.zp_zs(preds, n_runs=n_runs, seed=seed)))
+    timings["pit_zp_zs"], tic = time.perf_counter() - tic, time.perf_counter()
     if augmentations:
         figs += _augmentation_figs(study, firsts, preds, seed=seed, device=device, notes=notes)
+    timings["augmentations"], tic = time.perf_counter() - tic, time.perf_counter()
     hist = study.history
     if not hist.empty and {"config_id", "epoch"} <= set(hist.columns):
         labels = frame.drop_duplicates("config_id").set_index("config_id")["label"]
@@ -206,6 +211,7 @@ def build_report(
             figs += list(figures.optuna_figures(storage).items())
         except Exception as exc:  # a foreign or half-written journal should not sink the report
             notes.append(f"Optuna figures skipped: {type(exc).__name__}: {exc}")
+    timings["curves_forest_optuna"], tic = time.perf_counter() - tic, time.perf_counter()
     land = pd.DataFrame()
     if landscape:
         fig, land = _landscape(study, firsts, seed=seed, device=device, notes=notes)
@@ -213,17 +219,21 @@ def build_report(
             figs.append(("landscape_1d", fig))
             land.to_csv(out / "landscape.csv", index=False)
 
+    timings["landscape"], tic = time.perf_counter() - tic, time.perf_counter()
     for name, fig in figs:
         figures.save(fig, figdir / name)
     if png and not figures.write_pngs([f for _, f in figs], [figdir / f"{n}.png" for n, _ in figs]):
         notes.append(
             "PNG export skipped: kaleido could not start Chrome/Chromium (apt-get install chromium)."
         )
+    timings["write_figures"] = time.perf_counter() - tic
     seconds = time.perf_counter() - t0
     page = _page(study, frame, table, paired, summ, variance, land, figs, notes, seconds)
     (out / "report.html").write_text(page)
     (out / "report.json").write_text(
-        json.dumps({"seconds": seconds, "figures": [n for n, _ in figs]})
+        json.dumps(
+            {"seconds": seconds, "timings": timings, "figures": [n for n, _ in figs]}, indent=1
+        )
     )
     return out / "report.html"
 
@@ -266,7 +276,12 @@ def _landscape(study, firsts, *, seed, device, notes) -> tuple[go.Figure | None,
     for label, row in firsts.items():
         try:
             res = ls.run_landscape(
-                study.run_dir(row), points=21, n_galaxies=128, seed=seed, device=device, two_d=False
+                study.run_dir(row),
+                points=21,
+                n_galaxies=LANDSCAPE_GALAXIES,
+                seed=seed,
+                device=device,
+                two_d=False,
             )
         except UserError as exc:
             notes.append(f"landscape for {label} skipped: {exc}")
@@ -377,7 +392,16 @@ def main(argv: list[str] | None = None) -> int:
         help="auto (CUDA if any), cpu or cuda: landscape and App. H passes",
     )
     ap.add_argument("--seed", type=int, default=0, help="seed of every random choice in the report")
+    ap.add_argument(
+        "--threads", type=int, default=1,
+        help="torch CPU threads (default 1: the passes are small, and one thread is 2-4x faster "
+        "than two on a busy 2-core machine; 0 keeps torch's default)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
