@@ -142,3 +142,20 @@ def test_report_on_real_tiny_study(tiny_study, monkeypatch):
     land = pd.read_csv(tiny_study / "report" / "landscape.csv")
     assert set(land["label"]) == {"baseline", "baseline_aug", "constrained"}
     assert land["curvature"].notna().all()
+
+
+def test_png_export_falls_back_gracefully(tmp_path, monkeypatch):
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    from analysis import figures
+
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))
+
+    def no_browser(*args, **kwargs):
+        raise RuntimeError("no Chrome found")
+
+    monkeypatch.setattr(pio, "write_images", no_browser)
+    with pytest.warns(UserWarning, match="PNG export skipped"):
+        assert figures.write_pngs([fig], [tmp_path / "a.png"]) is False
+    assert not (tmp_path / "a.png").exists()
