@@ -36,6 +36,7 @@ BLOCK = 1024  # galaxies per generation block: the unit of randomness and of bat
 CANDIDATES = 2048  # draws per rejection round
 R_LIMIT = 17.77  # SDSS main galaxy sample, dereddened Petrosian r
 Z_MIN, Z_MAX = 0.005, 0.4
+Z_GRID = np.linspace(Z_MIN, Z_MAX, 3951)  # redshift grid of the volume and magnitude limit
 H = 0.6766  # Planck18 H0 / 100
 M_STAR = -20.44 + 5 * np.log10(H)  # Blanton et al. 2003, ^{0.1}r, in h = 0.6766 units
 ALPHA = -1.05
@@ -59,8 +60,6 @@ class Population:
     """Tables for drawing galaxies (built once per process, about a second)."""
 
     def __init__(self) -> None:
-        from astropy.cosmology import Planck18
-
         tt = sed.template_tables()
         self.tables = tt
         self.unit = sed.round32(
@@ -68,7 +67,7 @@ class Population:
         )  # (Z, K, 5) per unit ^{0.1}r light
         self.rest01 = sed.round32(tt.rest01)
         # faintest M that any mix could show at r < R_LIMIT, on a fine z grid
-        self.z = np.linspace(Z_MIN, Z_MAX, 3951)
+        self.z = Z_GRID
         u_r = np.stack([np.interp(self.z, sed.Z_TABLE, self.unit[:, k, 2]) for k in range(5)])
         m_lim = R_LIMIT + 2.5 * np.log10(sed.dimming(self.z) * u_r.max(axis=0))
         # Schechter cumulative in x = M - M*(z), bright end first
@@ -77,7 +76,7 @@ class Population:
         phi = lum ** (ALPHA + 1) * np.exp(-lum)
         self.psi = np.concatenate([[0.0], np.cumsum(0.5 * (phi[1:] + phi[:-1]) * np.diff(self.x))])
         self.x_lim = m_lim - self.m_star(self.z)
-        dvdz = Planck18.differential_comoving_volume(self.z).value
+        dvdz = sed.planck18("differential_comoving_volume", self.z)  # Mpc^3 / sr
         pz = dvdz * np.interp(self.x_lim, self.x, self.psi)
         cdf = np.concatenate([[0.0], np.cumsum(0.5 * (pz[1:] + pz[:-1]) * np.diff(self.z))])
         self.z_cdf = sed.round32(cdf / cdf[-1])

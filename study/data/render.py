@@ -54,7 +54,14 @@ KAPPA_MAX = 300.0  # largest k r_e of the de Vaucouleurs table (k <= pi sqrt 2, 
 TABLE_SIZE = 2048
 
 
-@functools.lru_cache(maxsize=1)
+_DEVAUC: list[np.ndarray] = []  # devauc_table's memo (universe.warm_tables may fill it)
+
+
+def set_devauc_table(table: np.ndarray) -> None:
+    """Hand in ``devauc_table()`` as computed by another process (same bits)."""
+    _DEVAUC[:] = [np.asarray(table, np.float64)]
+
+
 def devauc_table() -> np.ndarray:
     """Normalised 2-D Fourier transform of the de Vaucouleurs profile on kappa = k r_e.
 
@@ -65,13 +72,16 @@ def devauc_table() -> np.ndarray:
     Returns:
         (TABLE_SIZE,) float64 on sqrt(kappa) = linspace(0, sqrt(KAPPA_MAX), TABLE_SIZE).
     """
+    if _DEVAUC:
+        return _DEVAUC[0]
     b4 = gammaincinv(8, 0.5)
     t = np.linspace(0.0, 3.5, 8001)[1:]
     weight = np.exp(-b4 * t) * 4 * t**7
     kappa = np.linspace(0.0, KAPPA_MAX**0.5, TABLE_SIZE) ** 2
     r = t**4
     out = np.array([(j0(k * r) * weight).sum() for k in kappa])
-    return out / weight.sum()
+    set_devauc_table(out / weight.sum())
+    return _DEVAUC[0]
 
 
 def _exp_ft(s: np.ndarray) -> np.ndarray:
@@ -275,14 +285,25 @@ class Renderer:
         return buf
 
     def render_block(
-        self, g: dict[str, np.ndarray], seed: int, block: int, out: np.ndarray
+        self,
+        g: dict[str, np.ndarray],
+        seed: int,
+        block: int,
+        out: np.ndarray,
+        n_images: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """Render one population block into ``out`` (BLOCK, 5, 64, 64); returns observing truth."""
+        """Render one population block into ``out`` (BLOCK, 5, 64, 64); returns observing truth.
+
+        ``n_images``: render only the first n_images cutouts (rounded up to a batch of SUB; the
+        rest of ``out`` is left unset), e.g. for a universe's last, partial block. The cutouts
+        rendered are the same bits either way: the noise of a batch is drawn after that of the
+        batches before it, and nothing later changes them.
+        """
         rng = pop_mod.block_rng(seed, block, pop_mod.STREAM_IMAGE)
         n = len(g["zs"])
         obs = self.observing(rng, n, g["ebv"])
         buf = out if out.dtype == np.float32 else np.empty((SUB, 5, N_OUT, N_OUT), np.float32)
-        for s in range(0, n, SUB):
+        for s in range(0, n if n_images is None else min(n, n_images), SUB):
             sl = slice(s, s + SUB)
             sub = self.noiseless(
                 {k: v[sl] for k, v in g.items()}, {k: v[sl] for k, v in obs.items()}

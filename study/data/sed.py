@@ -39,10 +39,16 @@ def round32(x: np.ndarray) -> np.ndarray:
 
 
 def template_path() -> Path:
-    """The kcorrect default v4 template file shipped in the kcorrect package."""
-    import kcorrect
+    """The kcorrect default v4 template file shipped in the kcorrect package.
 
-    return Path(kcorrect.__file__).parent / "data" / "templates" / "kcorrect-default-v4.fits"
+    Located without importing kcorrect (its import pulls in matplotlib: ~0.6 s of start-up).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("kcorrect")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("the kcorrect package is needed for its templates")
+    return Path(spec.origin).parent / "data" / "templates" / "kcorrect-default-v4.fits"
 
 
 @functools.lru_cache(maxsize=1)
@@ -61,6 +67,29 @@ def templates() -> tuple[np.ndarray, np.ndarray]:
     return wave[keep], np.ascontiguousarray(flux[:, keep])
 
 
+PLANCK18: dict[tuple, np.ndarray] = {}  # memo of planck18(); universe.warm_tables fills it
+
+
+def planck18(quantity: str, z: np.ndarray) -> np.ndarray:
+    """astropy's ``Planck18.<quantity>(z)`` in Mpc (distances) or Mpc^3/sr (volume), memoised.
+
+    The memo is keyed by the quantity and the grid, so ``universe.warm_tables`` can compute
+    the grids it needs in a helper process (importing astropy.cosmology alone takes ~0.5 s)
+    while this one builds the other tables, and hand the same float64 values back.
+    """
+    key = (quantity, z.size, float(z[0]), float(z[-1]))
+    if key not in PLANCK18:
+        from astropy.cosmology import Planck18
+
+        value = getattr(Planck18, quantity)(z)
+        unit = "Mpc3 / sr" if quantity == "differential_comoving_volume" else "Mpc"
+        PLANCK18[key] = np.asarray(value.to_value(unit), np.float64)
+    return PLANCK18[key]
+
+
+DISTANCE_Z = np.linspace(0.0, 0.6, 6001)  # grid of distance_table (dz = 1e-4)
+
+
 @functools.lru_cache(maxsize=1)
 def distance_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Planck18 luminosity and angular-diameter distances on a fine grid (dz = 1e-4).
@@ -68,11 +97,9 @@ def distance_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     Returns:
         z (M,), D_L (M,) Mpc, D_A (M,) Mpc. Linear interpolation is good to ~1e-8.
     """
-    from astropy.cosmology import Planck18
-
-    z = np.linspace(0.0, 0.6, 6001)
-    d_l = Planck18.luminosity_distance(z).to_value("Mpc")
-    d_a = Planck18.angular_diameter_distance(z).to_value("Mpc")
+    z = DISTANCE_Z
+    d_l = planck18("luminosity_distance", z)
+    d_a = planck18("angular_diameter_distance", z)
     return z, round32(d_l), round32(d_a)
 
 

@@ -189,7 +189,7 @@ class DatasetWriter:
                 self._check_float16(start, np.asarray(value), arr)
             self.file[name][start : start + m] = arr
             if start == self._next:
-                self._hashers[name].update(arr.tobytes())
+                self._hashers[name].update(arr.data)  # contiguous: hashed in place, no copy
         self._next = self._next + m if start == self._next else -1
         self.written[start : start + m] = True
 
@@ -237,7 +237,7 @@ class DatasetWriter:
 def _hash_dataset(ds: h5py.Dataset) -> Any:
     h = hashlib.sha256()
     for s in range(0, ds.shape[0], READ_ROWS):
-        h.update(np.ascontiguousarray(ds[s : s + READ_ROWS]).tobytes())
+        h.update(np.ascontiguousarray(ds[s : s + READ_ROWS]).data)
     return h
 
 
