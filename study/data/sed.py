@@ -25,6 +25,7 @@ K_TEMPLATES = 5
 REST_RANGE = (1500.0, 12500.0)  # A: rest wavelengths that reach u..z (2980-11230 A) for z <= 0.45
 Z_TABLE = np.linspace(0.0, 0.45, 901)  # redshift grid of the template band-flux table (dz 5e-4)
 PC10_MPC = 1e-5  # 10 pc in Mpc
+FT_BATCH = 64  # galaxies per batch of FluxTableMaker: temporaries of ~1 MB stay in cache
 
 
 def round32(x: np.ndarray) -> np.ndarray:
@@ -256,23 +257,53 @@ class FluxTableMaker:
         return (1 + zs) * self.w[sl], spec / (1 + zs)
 
     def __call__(self, coeffs: np.ndarray, zs: np.ndarray) -> np.ndarray:
-        """T for coefficients (N, K) at redshifts (N,): (N, 5, C) float64, NaN where Phi'(1) <= 0."""
+        """T for coefficients (N, K) at redshifts (N,): (N, 5, C) float64, NaN where Phi'(1) <= 0.
+
+        Computed in batches of ``FT_BATCH`` galaxies (their temporaries stay in cache: ~2x
+        faster) with the filter windows of the whole call, so every row has the same bits as
+        in one pass.
+        """
         zs = np.asarray(zs, np.float64)
         first, last = self.support(zs)
-        num = np.zeros((len(zs), 5, self.centers.size))
-        for k in range(K_TEMPLATES):  # gathers of (N, 5, C) rows of G, one template at a time
-            num += coeffs[:, k, None, None] * (self.g[k][last] - self.g[k][first])
-        num *= (1 + self.centers) ** 2
-        den = self.phi1(coeffs, zs, first, last) * (1 + zs[:, None]) ** 2  # (N, 5)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            table = num / den[:, :, None]
-        table[~(den > 0)] = np.nan
+        windows = self.filter_windows(zs)
+        table = np.empty((len(zs), 5, self.centers.size))
+        shift = (1 + self.centers) ** 2
+        for s in range(0, len(zs), FT_BATCH):
+            sl = slice(s, s + FT_BATCH)
+            c, f, la = coeffs[sl], first[sl], last[sl]
+            num = np.zeros((len(c), 5, self.centers.size))
+            for k in range(K_TEMPLATES):  # gathers of (n, 5, C) rows of G, one template at a time
+                num += c[:, k, None, None] * (self.g[k][la] - self.g[k][f])
+            num *= shift
+            win = [(i0[sl], width) for i0, width in windows]
+            den = self.phi1(c, zs[sl], f, la, win) * (1 + zs[sl, None]) ** 2  # (n, 5)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                np.divide(num, den[:, :, None], out=table[sl])
+            table[sl][~(den > 0)] = np.nan
         return table
 
+    def filter_windows(self, zs: np.ndarray) -> list[tuple[np.ndarray, int]]:
+        """Per band, (first grid index i0 (N,), width): R_b((1 + zs) w) = 0 outside
+        [i0, i0 + width), a window of one width for all the galaxies given."""
+        w, out = self.w, []
+        for lo_b, hi_b in self.windows:
+            i0 = np.maximum(np.searchsorted(w, lo_b / (1 + zs)) - 1, 0)
+            width = int((np.searchsorted(w, hi_b / (1 + zs)) + 1 - i0).max()) + 1
+            out.append((np.minimum(i0, w.size - width), width))
+        return out
+
     def phi1(
-        self, coeffs: np.ndarray, zs: np.ndarray, first: np.ndarray, last: np.ndarray
+        self,
+        coeffs: np.ndarray,
+        zs: np.ndarray,
+        first: np.ndarray,
+        last: np.ndarray,
+        windows: list[tuple[np.ndarray, int]] | None = None,
     ) -> np.ndarray:
-        """Trapezoid sum over the known spectrum of sum_k a_k S_k(w) R_b((1+zs) w) w, (N, 5)."""
+        """Trapezoid sum over the known spectrum of sum_k a_k S_k(w) R_b((1+zs) w) w, (N, 5).
+
+        ``windows``: ``filter_windows`` of these galaxies (or of a larger set containing them).
+        """
         n, w = len(zs), self.w
         spec = np.zeros((n, w.size))
         for k in range(K_TEMPLATES):
@@ -284,12 +315,9 @@ class FluxTableMaker:
         tw[1:-1] = 0.5 * (w[2:] - w[:-2])
         spec *= tw * w
         out = np.zeros((n, 5))
+        windows = self.filter_windows(zs) if windows is None else windows
         for b, (fw, fr) in enumerate(self.curves):
-            lo_b, hi_b = self.windows[b]
-            # R_b((1 + zs) w) = 0 outside [i0, i0 + width): a fixed-width window per galaxy
-            i0 = np.maximum(np.searchsorted(w, lo_b / (1 + zs)) - 1, 0)
-            width = int((np.searchsorted(w, hi_b / (1 + zs)) + 1 - i0).max()) + 1
-            i0 = np.minimum(i0, w.size - width)
+            i0, width = windows[b]
             spec_win = np.lib.stride_tricks.sliding_window_view(spec, width, axis=1)[
                 np.arange(n), i0
             ]  # (N, width)
