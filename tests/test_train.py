@@ -305,7 +305,9 @@ def test_demo_preset_learns_on_a_small_universe(tmp_path, monkeypatch):
     ref = reference_nz_sigma_nmad(data)
     got = res.metrics["test"]["sigma_nmad"]
     print(f"demo universe: test sigma_nmad {got:.4f} vs n(z) reference {ref:.4f}")
-    assert got < 0.6 * ref
+    # measured (universe v2, seed 0): 0.028 against 0.048; 0.7 leaves room for BLAS/CPU
+    # differences while still failing a model that learns only the n(z)
+    assert got < 0.7 * ref
 
 
 @pytest.mark.gpu
