@@ -37,12 +37,13 @@ from typing import Any
 import pandas as pd
 
 from study import search_space as ss
+from study.metrics import METRIC_NAMES
 from study.search_space import SearchSpace
 
 EXPERIMENT = "tune"  # Ray Tune experiment name under the storage path
 OPTUNA_STUDY = "photoz-study"  # the study's name inside the Optuna journal
 JOURNAL = "optuna.journal"
-METRICS = (*ss.METRICS[:7], "cde_loss_se", *ss.METRICS[7:])  # SPEC 3, with the CDE loss's s.e.
+METRICS = METRIC_NAMES  # SPEC 3, with the CDE loss's s.e.
 # Test hook: "<group>:<seed>" makes that trial raise once after its first epoch (a marker file in
 # STUDY_DIR/faults/ remembers it), so tests can check the retry from the checkpoint.
 FAIL_ONCE_ENV = "PHOTOZ_STUDY_FAIL_ONCE"
