@@ -20,6 +20,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check study analysis benchmarks tests
 	$(VENV)/bin/ruff format --check study analysis benchmarks tests
+	$(VENV)/bin/mypy
 
 # The demo: the built-in synthetic universe (cached under demo/cache), a small gamma study on CPU
 # (search_spaces/demo.yaml, `demo` preset), and its report. Each run writes a new, timestamped study
