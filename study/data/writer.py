@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,7 @@ class DatasetWriter:
         self.written = np.zeros(n, bool)
         self._next = 0  # rows written in order so far: hash on the fly while writes are in order
         self._hashers = {name: hashlib.sha256() for name in self.specs}
+        self._pool: ThreadPoolExecutor | None = None  # the hashing thread, started on first write
 
     def __enter__(self) -> DatasetWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,6 +181,7 @@ class DatasetWriter:
         missing = [k for k in self.specs if k not in rows]
         if missing or not 0 <= start <= self.n - m:
             raise ValueError(f"write({start}, m={m}): missing {missing} or rows out of range")
+        arrays: dict[str, np.ndarray] = {}
         for name, value in rows.items():
             shape, dtype, _ = self.specs[name]
             with np.errstate(over="ignore"):  # float16 overflow is reported just below
@@ -187,11 +190,27 @@ class DatasetWriter:
                 raise ValueError(f"{name}: shape {arr.shape}, expected {(m, *shape[1:])}")
             if name == "images" and dtype == np.float16:
                 self._check_float16(start, np.asarray(value), arr)
-            self.file[name][start : start + m] = arr
-            if start == self._next:
-                self._hashers[name].update(arr.data)  # contiguous: hashed in place, no copy
+            arrays[name] = arr
+        # in order: hash on a thread (hashlib releases the GIL) while HDF5 writes the same
+        # arrays; both only read them, and the hash is done before write() returns
+        hashing = self._hash_thread().submit(self._hash, arrays) if start == self._next else None
+        try:
+            for name, arr in arrays.items():
+                self.file[name][start : start + m] = arr
+        finally:
+            if hashing is not None:
+                hashing.result()
         self._next = self._next + m if start == self._next else -1
         self.written[start : start + m] = True
+
+    def _hash_thread(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="content-hash")
+        return self._pool
+
+    def _hash(self, arrays: dict[str, np.ndarray]) -> None:
+        for name, arr in arrays.items():
+            self._hashers[name].update(arr.data)  # contiguous: hashed in place, no copy
 
     def _check_float16(self, start: int, src: np.ndarray, arr: np.ndarray) -> None:
         bad = np.isinf(arr) & np.isfinite(src)
@@ -229,6 +248,9 @@ class DatasetWriter:
             if exc_type is None:
                 os.replace(self.tmp, self.path)
         finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
             if self.tmp.exists():
                 self.file.close()
                 self.tmp.unlink()
