@@ -102,21 +102,28 @@ def _gauss_powers(q: np.ndarray, m_max: int) -> np.ndarray:
     return out
 
 
-def _phase_powers(theta: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """e^{-i m theta} (B, len(m)) complex64 for integer m, from w = e^{-i theta} by repeated
-    multiplication spelt out in real float64 ufuncs (no fused multiply-adds); m < 0 uses
-    conj(w^|m|)."""
+def _phase_powers(thetas: list[np.ndarray], ms: list[np.ndarray]) -> list[np.ndarray]:
+    """e^{-i m theta} (B, len(m)) complex64 for each (theta, m) pair, integer m, from
+    w = e^{-i theta} by repeated multiplication spelt out in real float64 ufuncs (no fused
+    multiply-adds); m < 0 uses conj(w^|m|). All pairs share one recurrence (fewer, longer
+    ufunc calls); every element's arithmetic is the same as alone."""
+    theta = np.concatenate(thetas)
     c, s = sed.round32(np.cos(theta)), -sed.round32(np.sin(theta))
-    m_max = int(np.abs(m).max())
+    m_max = max(int(np.abs(m).max()) for m in ms)
     re, im = np.empty((len(theta), m_max + 1)), np.empty((len(theta), m_max + 1))
     re[:, 0], im[:, 0] = 1.0, 0.0
     for k in range(1, m_max + 1):
         re[:, k] = re[:, k - 1] * c - im[:, k - 1] * s
         im[:, k] = re[:, k - 1] * s + im[:, k - 1] * c
-    out = np.empty((len(theta), m.size), np.complex64)
-    out.real = re[:, np.abs(m)]
-    out.imag = np.where(m < 0, -im[:, np.abs(m)], im[:, np.abs(m)])
-    return out
+    outs, start = [], 0
+    for t, m in zip(thetas, ms, strict=True):
+        rows = slice(start, start + len(t))
+        out = np.empty((len(t), m.size), np.complex64)
+        out.real = re[rows][:, np.abs(m)]
+        out.imag = np.where(m < 0, -im[rows][:, np.abs(m)], im[rows][:, np.abs(m)])
+        outs.append(out)
+        start += len(t)
+    return outs
 
 
 def _outer(py: np.ndarray, px: np.ndarray) -> np.ndarray:
@@ -229,9 +236,10 @@ class Renderer:
         }
         centre = N_PAD / 2 + g["offset_px"]  # (B, 2) x, y in padded pixels
         offset = obs.get("neighbour_offset_px", np.zeros_like(centre))
-        for name, pos in (("", centre), ("n", centre + offset)):
-            out[f"{name}px"] = _phase_powers(pos[:, 0] * dk, self.mx)
-            out[f"{name}py"] = _phase_powers(pos[:, 1] * dk, self.my)
+        near = centre + offset
+        thetas = [centre[:, 0] * dk, centre[:, 1] * dk, near[:, 0] * dk, near[:, 1] * dk]
+        ms = [self.mx, self.my, self.mx, self.my]
+        out["px"], out["py"], out["npx"], out["npy"] = _phase_powers(thetas, ms)
         return out
 
     def noiseless(self, g: dict[str, np.ndarray], obs: dict[str, np.ndarray]) -> np.ndarray:
