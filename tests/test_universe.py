@@ -189,6 +189,28 @@ def test_same_seed_same_bytes_for_any_chunk_and_workers(small: Path, tmp_path: P
         assert not np.array_equal(f["zs"][:], g["zs"][:])
 
 
+def test_a_universe_is_the_start_of_a_larger_one(small: Path, tmp_path: Path) -> None:
+    # 300 rows: one partial block rendered in this process; 1100: forked workers render a
+    # full block 0 (and 76 rows of block 1) into shared memory
+    big = universe.build_universe(1100, 3, tmp_path / "big.h5", workers=2, progress=False)
+    with h5py.File(small) as f, h5py.File(big) as g:
+        for name in ("images", "flux_table", "truth/psf_fwhm_arcsec", "truth/neighbour_flux"):
+            assert f[name][:].tobytes() == g[name][:300].tobytes(), name
+
+
+def test_flux_table_batches_do_not_change_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    from study.data import sed
+    from study.data.population import population
+
+    maker = universe.flux_table_maker(180, 0.4, universe.DEFAULT_RANGE)
+    g = population().draw_block(5, 0)
+    coeffs, zs = g["coeffs_bulge"][:300] + g["coeffs_disk"][:300], g["zs"][:300]
+    monkeypatch.setattr(sed, "FT_BATCH", 1024)
+    whole = maker(coeffs, zs)
+    monkeypatch.setattr(sed, "FT_BATCH", 7)
+    assert maker(coeffs, zs).tobytes() == whole.tobytes()
+
+
 def test_file_catalogue_equals_build_catalogue(small: Path) -> None:
     cat = universe.build_catalogue(300, seed=3, flux_table=True)
     with h5py.File(small) as f:
