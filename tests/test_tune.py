@@ -61,6 +61,9 @@ COLUMNS = [
 LIGHT_RAY = ["--num-cpus", "2", "--no-dashboard"]
 EDGES = np.linspace(0.0, 0.4, 181)
 
+# the reference points' learning rate in search_spaces/demo.yaml (the demo preset's)
+DEMO_REF_LR = ss.load("demo").reference_points[0]["lr"]
+
 
 def tiny_file(path: Path, n: int = 160) -> Path:
     """A small photoz-study/1 file: a blob whose colours encode z, and a flux table (1 at nu=1)."""
@@ -133,9 +136,9 @@ def test_reference_points_are_there(study):
     by_group = frame.groupby("group")
     assert sorted(by_group.groups) == ["baseline_aug", "constrained", "search"]
     base = frame[frame.group == "baseline_aug"]
-    assert (base[["g_flux", "g_inv", "g_cde"]] == 0).all().all() and (base.lr == 1e-3).all()
+    assert (base[["g_flux", "g_inv", "g_cde"]] == 0).all().all() and (base.lr == DEMO_REF_LR).all()
     con = frame[frame.group == "constrained"]
-    assert (con[["g_flux", "g_inv", "g_cde"]] == 0.1).all().all() and (con.lr == 1e-3).all()
+    assert (con[["g_flux", "g_inv", "g_cde"]] == 0.1).all().all() and (con.lr == DEMO_REF_LR).all()
 
 
 def test_optuna_storage_holds_the_seed_means(study):
@@ -153,7 +156,7 @@ def test_optuna_storage_holds_the_seed_means(study):
         "use_g_flux": False,
         "use_g_inv": False,
         "use_g_cde": False,
-        "lr": 1e-3,
+        "lr": DEMO_REF_LR,
     }
     assert trials[1].params["g_flux"] == 0.1
 
@@ -271,7 +274,7 @@ def test_trial_plan_turns_trial_configs_into_run_configs(tmp_path, data_file):
     assert (cfg.loss.g_flux, cfg.loss.g_inv, cfg.loss.g_cde, cfg.optim.lr) == (0.0, 0.02, 0.0, 2e-4)
     assert cfg.loss.augment and cfg.loss.g_l2 == 1e-6  # base group baseline_aug, fixed g_l2
     reference = {"use_g_flux": True, "g_flux": 0.1, "use_g_inv": True, "g_inv": 0.1}
-    reference |= {"use_g_cde": True, "g_cde": 0.1, "lr": 1e-3, "__trial_index__": 0}
+    reference |= {"use_g_cde": True, "g_cde": 0.1, "lr": DEMO_REF_LR, "__trial_index__": 0}
     plan = st.trial_plan({**_constants(demo, tmp_path, data_file), **reference})
     assert (plan["label"], plan["config"].group, plan["seed"]) == ("constrained", "constrained", 0)
 
