@@ -20,6 +20,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from _spec import SPEC3_METRICS
 
 from study import search_space as ss
 from study import tune as st
@@ -27,22 +28,7 @@ from study.data.dataset import draw_split, write_dataset
 from study.run import main
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC3 = [
-    "sigma_nmad",
-    "sigma_iqr",
-    "bias",
-    "bias_median",
-    "outlier_frac",
-    "outlier_frac_rail",
-    "cde_loss",
-    "cde_loss_se",
-    "ks",
-    "cvm",
-    "ad",
-    "pit_outlier_rate",
-    "coverage_68",
-    "coverage_95",
-]
+SPEC3 = list(SPEC3_METRICS)
 COLUMNS = [
     "config_id",
     "seed",
