@@ -35,6 +35,7 @@ from torch import nn
 
 from study import losses
 from study.errors import UserError
+from study.machine import pick_device
 
 TERMS = ("ce", "flux", "inv", "cde", "l2", "total")
 Evaluator = Callable[[nn.Module], dict[str, float]]
@@ -208,13 +209,6 @@ def loss_weights(config: dict) -> dict[str, float]:
     return {k: float(loss.get(f"g_{k}", 0.0)) for k in ("l2", "flux", "inv", "cde")}
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto``: CUDA when there is one, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_batch(
     config: dict,
     run_dir: str | Path | None = None,
@@ -251,10 +245,10 @@ def run_landscape(
     two_d: bool = True,
 ) -> dict[str, Any]:
     """1D (``points`` on [-1, 1]) and optional 2D (``grid`` x ``grid``) slices of one run."""
-    from analysis.results import load_run
+    from analysis.results import load_trained_model
 
     dev = pick_device(device)
-    config, model = load_run(run_dir, device=dev)
+    config, model = load_trained_model(run_dir, device=dev)
     batch = load_batch(config, run_dir, n_galaxies=n_galaxies, seed=seed, device=dev)
     evaluate = photoz_evaluator(batch, loss_weights(config))
     gen = torch.Generator().manual_seed(seed)

@@ -24,11 +24,11 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from analysis import figures
-from analysis.landscape import pick_device
 from analysis.results import Study, load_study
 from analysis.stats import format_mean_std, paired_table, summarize, variance_split
 from analysis.table import COLUMNS, EXTRA_COLUMNS, PAPER_COLUMNS, select_rows, table1, to_markdown
 from study.errors import UserError
+from study.machine import pick_device
 
 KEY_METRICS = ("sigma_nmad", "bias", "outlier_frac", "cde_loss", "ks", "coverage_68")
 LANDSCAPE_GALAXIES = 64  # report: a quick 1D slice per group; the full one is analysis.landscape

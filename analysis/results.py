@@ -176,7 +176,7 @@ def run_dataset(config: dict, run_dir: str | Path | None = None) -> Path:
     return resolve_data(config_from_dict(config))
 
 
-def load_run(
+def load_trained_model(
     run_dir: str | Path, *, device: str | torch.device = "cpu"
 ) -> tuple[dict, torch.nn.Module]:
     """(resolved config dict, trained model in eval mode on ``device``) of a run directory.
@@ -263,7 +263,7 @@ def augmented_cdes(
     """
     from study.augment import augment
 
-    config, model = load_run(run_dir, device=device)
+    config, model = load_trained_model(run_dir, device=device)
     data = read_rows(run_dataset(config, run_dir), rows, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     g = data["zs"].shape[0]

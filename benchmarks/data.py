@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.timing import device_info, interleaved, resolve_device, summary
+from benchmarks.timing import device_info, interleaved, summary
 from study.data.dataset import batch_indices, draw_split, load_split, write_dataset
 from study.data.stream import resident_batches, streamed_batches
 from study.errors import UserError
+from study.machine import pick_device
 
 
 def write_file(path: Path, n: int, dtype: str, n_bins: int = 180, seed: int = 0) -> Path:
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     try:
-        device = resolve_device(args.device)
+        device = pick_device(args.device, flag="--device")
         if args.n < 2 * args.batch_size:
             raise UserError(f"--n {args.n}: need at least two batches of --batch-size")
     except UserError as e:

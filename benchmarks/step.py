@@ -37,13 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.timing import device_info, interleaved, ratio_summary, resolve_device, summary
+from benchmarks.timing import device_info, interleaved, ratio_summary, summary
 from study.augment import augment, background_stats
 from study.config import GROUPS, PRESETS, Config, make_config
 from study.data.dataset import SplitData
 from study.data.stream import Batch, resident_batches, streamed_batches
 from study.errors import UserError
 from study.losses import flux_loss, flux_loss_reference
+from study.machine import pick_device
 from study.train import _torch_settings, setup_training, train_step
 
 # SDSS spectrograph: 3800-9200 A on a log-lambda grid of 1e-4 dex (3,840 pixels), the grid
@@ -256,7 +257,7 @@ def peak_memory_mb(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    device = resolve_device(args.device)
+    device = pick_device(args.device, flag="--device")
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     for g in groups:
         if g not in GROUPS:

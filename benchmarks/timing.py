@@ -112,14 +112,3 @@ def device_info(device: torch.device | str) -> dict[str, object]:
     else:
         info["device_name"] = "cpu"
     return info
-
-
-def resolve_device(name: str) -> torch.device:
-    """'cpu', 'cuda' or 'auto' -> a torch.device; a clear error when CUDA is asked for but absent."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        from study.errors import UserError
-
-        raise UserError("--device cuda: CUDA is not available here; use --device cpu")
-    return torch.device(name)

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from importlib import metadata
@@ -30,6 +29,8 @@ import yaml
 from study import search_space as ss
 from study import tune as st
 from study.errors import UserError
+from study.files import atomic_write_text, refuse_nonempty_dir
+from study.machine import git_commit, git_dirty, require_cuda_for_paper
 
 CPU_PRESETS = ("demo", "tiny")  # presets that run on CPU trials by default
 PACKAGES = ("photoz-study", "torch", "numpy", "pandas", "pyarrow", "h5py", "ray", "optuna", "scipy")
@@ -91,10 +92,7 @@ def new_settings(args: argparse.Namespace) -> tuple[dict[str, Any], ss.SearchSpa
         raise UserError(f"--preset {preset}: unknown; use one of {', '.join(PRESETS)}")
     space.preset = preset  # the resolved space records the preset the study ran
     out = Path(args.out or f"studies/{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(
-            f"--out {out}: exists and is not empty; choose a new directory or --resume {out}"
-        )
+    refuse_nonempty_dir(out, f"choose a new directory or --resume {out}")
     if args.data and not Path(args.data).is_file():
         raise UserError(
             f"--data {args.data}: no such file; build one with python -m study.data universe"
@@ -143,7 +141,9 @@ def start_ray(args: argparse.Namespace, preset: str) -> dict[str, float]:
     # a checkpoint per epoch of short demo trials triggers Tune's "snapshot too often" warning
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if args.address is None and preset not in CPU_PRESETS:
-        _require_cuda(preset)
+        import torch
+
+        require_cuda_for_paper(preset, torch.cuda.is_available())
     if args.address:
         ctx = ray.init(address=args.address)
     else:
@@ -160,15 +160,6 @@ def start_ray(args: argparse.Namespace, preset: str) -> dict[str, float]:
     if ctx.dashboard_url:
         print(f"Ray dashboard: http://{ctx.dashboard_url}", flush=True)
     return resources
-
-
-def _require_cuda(preset: str) -> None:
-    import torch
-
-    if preset == "paper" and not torch.cuda.is_available():
-        raise UserError(
-            "--preset paper needs CUDA and none was found; use --preset demo for a CPU run"
-        )
 
 
 def prepare_data(settings: dict[str, Any]) -> None:
@@ -200,15 +191,6 @@ def provenance(
     """What produced the study: code, data, packages and hardware."""
     import torch
 
-    repo = Path(__file__).resolve().parent.parent
-    git = subprocess.run(
-        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True
-    )
-    dirty = subprocess.run(
-        ["git", "-C", str(repo), "status", "--porcelain", "--", "study"],
-        capture_output=True,
-        text=True,
-    )
     versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
@@ -219,8 +201,8 @@ def provenance(
     return {
         "command": sys.argv,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git_commit": git.stdout.strip() or None,
-        "git_dirty": bool(dirty.stdout.strip()),
+        "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "search_space": space.to_dict(),
         "settings": settings,
         "dataset": {"path": settings["data_path"], "content_hash": settings.get("data_hash")},
@@ -231,9 +213,7 @@ def provenance(
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=str))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""The run directory (SPEC 8): atomic writes, the resumable checkpoint, predictions, provenance.
+"""The run directory (SPEC 8): the resumable checkpoint, predictions, and reading a finished run.
 
 ``out/config.yaml``, ``out/checkpoint/state.pt`` (rewritten atomically after every epoch),
 ``out/predictions.h5``, ``out/history.parquet`` and, last, ``out/metrics.json``, whose presence
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +17,8 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
+
+from study.files import atomic_write
 
 if TYPE_CHECKING:
     from study.data.dataset import DatasetInfo, SplitData
@@ -85,38 +85,8 @@ def write_predictions(
         f.attrs["data_hash"] = info.content_hash
 
 
-def load_run(run_dir: str | os.PathLike) -> RunResult:
+def read_finished_run(run_dir: str | os.PathLike) -> RunResult:
     """A finished run directory's metrics and history."""
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return RunResult(run_dir, metrics, pd.read_parquet(run_dir / "history.parquet"))
-
-
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Write via a temporary name in the same directory, then rename (never a half file)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
-
-
-def git_commit() -> str | None:
-    try:
-        res = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return res.stdout.strip() if res.returncode == 0 else None

@@ -58,6 +58,7 @@ from study.config import (
 from study.data.dataset import DatasetInfo, SplitData, batch_indices, load_split, read_info
 from study.data.stream import Batch, batches
 from study.errors import UserError
+from study.files import atomic_write, refuse_nonempty_dir
 from study.losses import (
     cde_loss,
     cross_entropy,
@@ -66,15 +67,13 @@ from study.losses import (
     l2_penalty,
     total_loss,
 )
+from study.machine import device_name, git_commit, pick_device, require_cuda_for_paper
 from study.metrics import all_metrics
 from study.model import build_model
 from study.rundir import (
     RunResult,
-    atomic_write,
-    device_name,
-    git_commit,
     load_checkpoint,
-    load_run,
+    read_finished_run,
     save_checkpoint,
     write_predictions,
 )
@@ -86,16 +85,8 @@ LOG_EVERY = 50  # steps between progress-bar updates (each costs one host sync)
 
 def resolve_device(config: Config) -> torch.device:
     """The training device; refuses preset ``paper`` without CUDA (before any expensive work)."""
-    want = config.run.device
-    has_cuda = torch.cuda.is_available()
-    if want == "cuda" and not has_cuda:
-        raise UserError("run.device=cuda but no CUDA device is available; use run.device=auto")
-    device = torch.device("cuda" if want != "cpu" and has_cuda else "cpu")
-    if device.type != "cuda" and config.preset == "paper":
-        raise UserError(
-            "preset paper needs a CUDA GPU (a stride-1 ResNet50 on 607,712 galaxies); "
-            "on a CPU use --preset demo"
-        )
+    device = pick_device(config.run.device)
+    require_cuda_for_paper(config.preset, device.type == "cuda")
     if device.type != "cuda" and config.model.arch.startswith("resnet"):
         warnings.warn(
             f"training {config.model.arch} on a CPU is very slow; --preset demo is the CPU preset",
@@ -155,8 +146,8 @@ def _check_out(out: Path, resume: bool) -> None:
     if resume:
         if not (out / "config.yaml").is_file():
             raise UserError(f"{out}: no config.yaml, nothing to resume; drop --resume")
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: --out exists and is not empty; choose a new --out or add --resume")
+    else:
+        refuse_nonempty_dir(out, "choose a new --out or add --resume")
 
 
 # Fields that may change when a run is resumed: the length of training and how it is executed.
@@ -236,7 +227,7 @@ def train(
     if resume:
         _check_resume_config(load_yaml(out / "config.yaml"), config, out)
         if (out / "metrics.json").is_file():
-            return load_run(out)
+            return read_finished_run(out)
     device = resolve_device(config)
     data_path = resolve_data(config)
     info = read_info(data_path)

@@ -37,6 +37,7 @@ from typing import Any
 import pandas as pd
 
 from study import search_space as ss
+from study.files import atomic_write, atomic_write_text
 from study.metrics import METRIC_NAMES
 from study.search_space import SearchSpace
 
@@ -113,9 +114,7 @@ def _write_config_record(plan: dict[str, Any]) -> None:
     }
     path = plan["study_dir"] / "configs" / f"{plan['config_id']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)  # atomic: the K trials of a configuration write the same record
+    atomic_write_text(path, json.dumps(record, indent=1))  # the K seeds write the same record
 
 
 def final_result(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -393,9 +392,7 @@ def write_results(study_dir: str | Path) -> pd.DataFrame:
     study_dir = Path(study_dir)
     frame, history = build_frame(study_dir)
     for name, df in (("frame.parquet", frame), ("history.parquet", history)):
-        tmp = study_dir / f".{name}.tmp"
-        df.to_parquet(tmp, index=False)
-        tmp.replace(study_dir / name)
+        atomic_write(study_dir / name, lambda p, df=df: df.to_parquet(p, index=False))
     return frame
 
 

@@ -317,7 +317,7 @@ def test_cuda_compiled(data_file, tmp_path):
 
 def test_device_name_on_cuda_names_the_card(monkeypatch):
     """Runs without a GPU: the CUDA branch of metrics.json's "device" (get_device_name mocked)."""
-    from study.rundir import device_name
+    from study.machine import device_name
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H100")
     assert device_name(torch.device("cuda")) == "cuda (NVIDIA H100)"

@@ -41,6 +41,7 @@ from study.data.writer import (  # re-exported: the dataset API is one import
     write_dataset,
 )
 from study.errors import UserError
+from study.files import refuse_existing
 
 __all__ = [
     "BANDS",
@@ -395,11 +396,7 @@ def resplit(
     src: str | os.PathLike, out: str | os.PathLike, data_seed: int, *, overwrite: bool = False
 ) -> Path:
     """Copy ``src`` to a new file ``out`` with the split redrawn from ``data_seed``."""
-    src, out = Path(src), Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out}: output exists; choose another --out or pass --force")
-    if out.exists() and out.resolve() == src.resolve():
-        raise UserError(f"{out}: --out is the input file; write the new split to another path")
+    src, out = Path(src), refuse_existing(out, overwrite=overwrite, source=src)
     info = read_info(src)
     split = draw_split(info.n, data_seed)
     with _open(src) as f:

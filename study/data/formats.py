@@ -31,6 +31,7 @@ import numpy as np
 
 from study.data.dataset import DatasetWriter, draw_split
 from study.errors import UserError
+from study.files import refuse_existing
 
 FORMATS = ("dey", "pasquet", "hayat")
 EXTINCTION_R = np.array([4.239, 3.303, 2.285, 1.698, 1.263])  # SDSS A_b / E(B-V), u..z
@@ -332,13 +333,10 @@ def convert(
 
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {FORMATS}, got {fmt!r}")
-    src_path, out = Path(src_path), Path(out)
+    src_path = Path(src_path)
     if not src_path.is_file():
         raise UserError(f"{src_path}: no such input file; check the path")
-    if out.exists() and not overwrite:
-        raise UserError(f"{out}: output exists; choose another --out or pass --force")
-    if out.exists() and out.resolve() == src_path.resolve():
-        raise UserError(f"{out}: --out is the input file; write to another path")
+    out = refuse_existing(out, overwrite=overwrite, source=src_path)
     if fmt == "dey":
         src = _open_dey(src_path, allow_pickle)
     elif fmt == "pasquet":

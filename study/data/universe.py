@@ -46,6 +46,7 @@ from study.data import render as render_mod
 from study.data import sed
 from study.data.dataset import DatasetWriter, draw_split
 from study.errors import UserError
+from study.files import refuse_existing
 
 VERSION = 2  # bump when the physics changes: cached universes are keyed by it
 DEFAULT_RANGE = (3800.0, 9200.0)  # A, the SDSS spectrograph
@@ -298,9 +299,7 @@ def check_args(
         )
     if n_bins < 1 or not 0 < z_max <= 1:
         raise UserError(f"bins: need n_bins >= 1 and 0 < z_max <= 1, got {n_bins}, {z_max}")
-    path = Path(out)
-    if path.exists() and not overwrite:
-        raise UserError(f"{path}: --out exists; choose another path or pass --force")
+    path = refuse_existing(out, overwrite=overwrite)
     if path.is_dir():
         raise UserError(
             f"{path}: --out is a directory; give a file name such as {path}/universe.h5"

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from study.errors import UserError
+from study.files import refuse_existing, temporary_path
 
 FORMAT = "photoz-study/1"
 BANDS = "ugriz"
@@ -100,9 +101,7 @@ class DatasetWriter:
         truth: dict[str, tuple[tuple[int, ...], Any]] | None = None,
         overwrite: bool = False,
     ) -> None:
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise UserError(f"{self.path}: output exists; choose another --out or pass --force")
+        self.path = refuse_existing(path, overwrite=overwrite)
         if n < 1:
             raise UserError(f"{self.path}: field 'n' must be >= 1, got {n}")
         if image_dtype not in ("float32", "float16"):
@@ -136,7 +135,7 @@ class DatasetWriter:
             self.specs["flux_table"] = ((n, 5, c), np.dtype("<f4"), None)
         for name, (shape, dtype) in sorted((truth or {}).items()):
             self.specs[f"truth/{name}"] = ((n, *tuple(shape)), np.dtype(dtype), None)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.tmp = temporary_path(self.path)
         self.file: h5py.File | None = None
         self.written = np.zeros(n, bool)
         self._next = 0  # rows written in order so far: hash on the fly while writes are in order
