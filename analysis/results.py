@@ -21,7 +21,7 @@ import yaml
 
 from study.config import GROUPS  # noqa: F401  (re-exported for analysis.table)
 from study.errors import UserError
-from study.metrics import METRIC_NAMES as METRICS  # noqa: F401  (SPEC 3 names, one list)
+from study.metrics import METRIC_NAMES  # noqa: F401  (re-exported: SPEC 3 names, one list)
 
 REFERENCES = ("baseline", "baseline_aug")
 FRAME_COLUMNS = ("config_id", "seed", "group", "run_dir")

@@ -28,8 +28,8 @@ from study.config import GROUPS  # the six groups of SPEC 4
 from study.errors import UserError
 from study.metrics import METRIC_NAMES
 
-# The metric names of SPEC 3: an objective is val_<one of these> (not the CDE loss's s.e.).
-METRICS = tuple(m for m in METRIC_NAMES if m != "cde_loss_se")
+# The metrics a search may optimise: an objective is val_<one of these> (SPEC 3, not the s.e.).
+OBJECTIVE_METRICS = tuple(m for m in METRIC_NAMES if m != "cde_loss_se")
 # Short parameter names and the config fields they override (apply_overrides keys).
 PARAM_KEYS = {
     "g_flux": "loss.g_flux",
@@ -250,7 +250,7 @@ def _objective(raw: Any, space: SearchSpace, fail: Callable[..., UserError]) -> 
     _no_unknown(raw, {"metric", "mode"}, "objective.", fail)
     space.metric = raw.get("metric", "val_cde_loss")
     space.mode = raw.get("mode", "min")
-    names = [f"val_{m}" for m in METRICS]
+    names = [f"val_{m}" for m in OBJECTIVE_METRICS]
     if space.metric not in names:
         raise fail(
             "objective.metric",

@@ -44,7 +44,7 @@ from study.search_space import SearchSpace
 EXPERIMENT = "tune"  # Ray Tune experiment name under the storage path
 OPTUNA_STUDY = "photoz-study"  # the study's name inside the Optuna journal
 JOURNAL = "optuna.journal"
-METRICS = METRIC_NAMES  # SPEC 3, with the CDE loss's s.e.
+FRAME_METRICS = METRIC_NAMES  # the frame's val_<m> / test_<m> columns: SPEC 3, with the s.e.
 # Test hook: "<group>:<seed>" makes that trial raise once after its first epoch (a marker file in
 # STUDY_DIR/faults/ remembers it), so tests can check the retry from the checkpoint.
 FAIL_ONCE_ENV = "PHOTOZ_STUDY_FAIL_ONCE"
@@ -366,7 +366,7 @@ def build_frame(study_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         }
         for split in ("val", "test"):
             block = metrics.get(split, {})
-            for m in METRICS:
+            for m in FRAME_METRICS:
                 if m in block or m != "cde_loss_se":
                     row[f"{split}_{m}"] = float(block.get(m, math.nan))
         row.update(

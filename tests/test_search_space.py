@@ -57,7 +57,7 @@ def test_constants_agree_with_the_rest_of_the_code():
     from study.config import GROUPS
 
     assert ss.GROUPS == GROUPS
-    assert set(ss.METRICS) == SPEC3
+    assert set(ss.OBJECTIVE_METRICS) == SPEC3
 
 
 def test_overrides():
