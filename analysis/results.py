@@ -162,7 +162,7 @@ def load_predictions(run_dir: str | Path) -> Predictions:
 
 def run_dataset(config: dict, run_dir: str | Path | None = None) -> Path:
     """The dataset file a run was trained on: ``data.path``, the path its metrics.json
-    records, or the cached synthetic universe of the config's size (``study.train.resolve_data``)."""
+    records, or the cached synthetic universe of the config's size (``study.universe.build.resolve_data``)."""
     path = (config.get("data") or {}).get("path")
     if path and Path(path).is_file():
         return Path(path)
@@ -171,7 +171,7 @@ def run_dataset(config: dict, run_dir: str | Path | None = None) -> Path:
         if recorded and Path(recorded).is_file():
             return Path(recorded)
     from study.config import config_from_dict
-    from study.train import resolve_data
+    from study.universe.build import resolve_data
 
     return resolve_data(config_from_dict(config))
 

@@ -124,7 +124,7 @@ def time_feeds(
 
 def time_universe(n: int, workers: int, dtype: str, tmp: Path) -> dict[str, Any]:
     """One in-process build_universe of n galaxies: wall seconds and galaxies/s."""
-    from study.data.universe import build_universe  # astropy, speclite, kcorrect
+    from study.universe.build import build_universe  # astropy, speclite, kcorrect
 
     t, c = time.perf_counter(), time.process_time()
     build_universe(n, 0, tmp / "universe.h5", workers=workers, image_dtype=dtype, progress=False)

@@ -129,8 +129,8 @@ def speed(args: argparse.Namespace) -> dict:
 
 
 def tables(args: argparse.Namespace) -> None:
-    from study.data.population import R_EXT
-    from study.data.universe import build_catalogue
+    from study.universe.build import build_catalogue
+    from study.universe.population import R_EXT
 
     cat = build_catalogue(args.n, args.seed)
     z = cat["zs"]
@@ -163,8 +163,8 @@ def tables(args: argparse.Namespace) -> None:
 def precision(args: argparse.Namespace) -> None:
     import h5py
 
-    from study.data import render
-    from study.data.universe import build_universe
+    from study.universe import render
+    from study.universe.build import build_universe
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}

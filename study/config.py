@@ -33,7 +33,7 @@ Device = Literal["auto", "cuda", "cpu"]
 @dataclass
 class DataConfig:
     # photoz-study/1 HDF5 file; None = the synthetic universe of universe_n galaxies, built once
-    # and cached (see study.data.universe.cached_universe)
+    # and cached (see study.universe.build.cached_universe)
     path: str | None = None
     # galaxies in the synthetic universe: the paper's SDSS sample has 607,712
     universe_n: int = 607_712

@@ -166,7 +166,7 @@ def prepare_data(settings: dict[str, Any]) -> None:
     """Read the given file, or build the preset's universe once in the driver (cached per node)."""
     if settings["data_path"] is None:
         from study.config import make_config
-        from study.train import resolve_data
+        from study.universe.build import resolve_data
 
         cfg = make_config(settings["preset"], "baseline")
         settings["data_path"] = str(Path(resolve_data(cfg)).resolve())

@@ -27,7 +27,6 @@ a finished run.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -46,13 +45,8 @@ from tqdm import tqdm
 
 from study.augment import augment, background_stats, sigma_clipped_stats
 from study.config import (
-    GROUP_LABELS,
-    PRESETS,
     Config,
-    apply_overrides,
     load_yaml,
-    make_config,
-    parse_set,
     save_yaml,
 )
 from study.data.dataset import DatasetInfo, SplitData, batch_indices, load_split, read_info
@@ -95,25 +89,17 @@ def resolve_device(config: Config) -> torch.device:
     return device
 
 
-def resolve_data(config: Config) -> Path:
-    """``config.data.path``, or the synthetic universe of ``data.universe_n`` galaxies.
-
-    The universe is built once and cached by ``study.data.universe.cached_universe`` under
-    ``$PHOTOZ_CACHE`` (default ``~/.cache/photoz-study``); later runs, and other processes on the
-    same node, reuse the file.
-    """
-    if config.data.path is not None:
-        path = Path(config.data.path)
-        if not path.is_file():
-            raise UserError(f"{path}: data file not found; fix --data (or data.path)")
-        return path
-    from study.data.universe import cached_universe  # lazy: universe.py imports astropy
-
-    return Path(
-        cached_universe(
-            config.data.universe_n, config.data.universe_seed, image_dtype=config.data.image_dtype
+def _data_file(config: Config, data: str | os.PathLike | None) -> Path:
+    """The file to train on: ``data``, else ``config.data.path``; it must exist."""
+    if data is None and config.data.path is None:
+        raise UserError(
+            "no dataset: data.path is unset and train() builds none; pass --data FILE.h5, or "
+            "resolve the default universe first (study.universe.build.resolve_data)"
         )
-    )
+    path = Path(data if data is not None else config.data.path)
+    if not path.is_file():
+        raise UserError(f"{path}: data file not found; fix --data (or data.path)")
+    return path
 
 
 def _check_data(config: Config, info: DatasetInfo) -> None:
@@ -142,7 +128,7 @@ def _check_data(config: Config, info: DatasetInfo) -> None:
             )
 
 
-def _check_out(out: Path, resume: bool) -> None:
+def check_run_dir(out: Path, resume: bool) -> None:
     if resume:
         if not (out / "config.yaml").is_file():
             raise UserError(f"{out}: no config.yaml, nothing to resume; drop --resume")
@@ -206,6 +192,7 @@ def train(
     config: Config,
     out: str | os.PathLike,
     *,
+    data: str | os.PathLike | None = None,
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any], Path], None] | None = None,
 ) -> RunResult:
@@ -214,6 +201,10 @@ def train(
     Args:
         config: the resolved config (written to ``out/config.yaml``).
         out: the run directory; must be new or empty unless ``resume``.
+        data: the photoz-study/1 file to train on (default ``config.data.path``). The trainer
+            never builds a dataset: with ``data.path`` unset (the default universe) the caller
+            resolves the file first (``study.universe.build.resolve_data``, as the CLIs and the
+            Tune trainable do) and passes it here.
         resume: continue from ``out/checkpoint/`` (a finished run is returned as it is).
         on_epoch: called as ``on_epoch(history_row, checkpoint_dir)`` after each epoch's
             checkpoint is written (Ray Tune reports from it). An exception from it stops the
@@ -223,14 +214,13 @@ def train(
         The run's metrics (the content of metrics.json) and history.
     """
     out = Path(out)
-    _check_out(out, resume)
+    check_run_dir(out, resume)
     if resume:
         _check_resume_config(load_yaml(out / "config.yaml"), config, out)
         if (out / "metrics.json").is_file():
             return read_finished_run(out)
     device = resolve_device(config)
-    data_path = resolve_data(config)
-    info = read_info(data_path)
+    info = read_info(_data_file(config, data))
     _check_data(config, info)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "config.yaml", lambda p: save_yaml(config, p))
@@ -524,71 +514,7 @@ def _finish(
     return RunResult(out, metrics, frame)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m study.train",
-        description="Train one network and write its run directory (config.yaml, metrics.json, "
-        "history.parquet, predictions.h5, checkpoint/).",
-    )
-    parser.add_argument("--preset", choices=PRESETS, help="named preset (default paper)")
-    parser.add_argument("--group", choices=GROUP_LABELS, help="loss group (default baseline)")
-    parser.add_argument("--seed", type=int, help="trial seed: init, batch order, augmentation")
-    parser.add_argument("--data", help="photoz-study/1 HDF5 file (default: cached universe)")
-    parser.add_argument("--out", required=True, help="run directory (new or empty)")
-    parser.add_argument("--epochs", type=int, help="override optim.epochs")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--config", help="YAML file of config fields (partial is fine)")
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field, e.g. --set optim.lr=3e-4 (repeatable)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        config = _config_from_args(args)
-        result = train(config, args.out, resume=args.resume)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    test = result.metrics["test"]
-    print(
-        f"{result.run_dir}: test sigma_nmad={test['sigma_nmad']:.5f} "
-        f"outlier_frac={test['outlier_frac']:.4f} cde_loss={test['cde_loss']:.3f} "
-        f"({result.metrics['epochs']} epochs, {result.metrics['train_seconds']:.0f} s)"
-    )
-    return 0
-
-
-def _config_from_args(args: argparse.Namespace) -> Config:
-    """preset/group -> --config YAML (or the resumed run's config.yaml) -> flags -> --set."""
-    if args.resume:
-        saved = Path(args.out) / "config.yaml"
-        if not saved.is_file():
-            raise UserError(f"{args.out}: no config.yaml, nothing to resume; drop --resume")
-        cfg = load_yaml(saved)
-        for key in ("preset", "group"):
-            given = getattr(args, key)
-            if given is not None and given != getattr(cfg, key):
-                raise UserError(
-                    f"--{key} {given} but {saved} has {getattr(cfg, key)}; drop --{key}"
-                )
-    elif args.config:
-        cfg = load_yaml(args.config, preset=args.preset, group=args.group)
-    else:
-        cfg = make_config(args.preset or "paper", args.group or "baseline")
-    flags: dict[str, Any] = {}
-    if args.seed is not None:
-        flags["run.seed"] = args.seed
-    if args.data is not None:
-        flags["data.path"] = args.data
-    if args.epochs is not None:
-        flags["optim.epochs"] = args.epochs
-    cfg = apply_overrides(cfg, flags, where="command line")
-    return apply_overrides(cfg, parse_set(args.sets))
-
-
 if __name__ == "__main__":
+    from study.train_cli import main  # the command line, an edge: it resolves the default data
+
     sys.exit(main())

@@ -140,6 +140,7 @@ def trainable(config: dict[str, Any]) -> None:
 
     from study.config import save_yaml
     from study.train import train
+    from study.universe.build import resolve_data
 
     plan = trial_plan(config)
     run_dir: Path = plan["run_dir"]
@@ -173,7 +174,8 @@ def trainable(config: dict[str, Any]) -> None:
                 f"{FAIL_ONCE_ENV}: injected failure after an epoch of {run_dir.name}"
             )
 
-    result = train(plan["config"], run_dir, resume=resume, on_epoch=on_epoch)
+    data = resolve_data(plan["config"])  # this node's copy of the default universe, if need be
+    result = train(plan["config"], run_dir, data=data, resume=resume, on_epoch=on_epoch)
     tune.report({**final_result(result.metrics), **tags})
 
 

@@ -24,7 +24,9 @@ from study.data.dataset import draw_split, load_split, write_dataset
 from study.data.stream import resident_batches
 from study.errors import UserError
 from study.model import build_model
-from study.train import TERMS, main, train, train_step
+from study.train import TERMS, train, train_step
+from study.train_cli import main
+from study.universe.build import resolve_data
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = set(SPEC3_METRICS)  # SPEC 3: the metric names, fixed
@@ -283,7 +285,7 @@ def test_demo_preset_learns_on_a_small_universe(tmp_path, monkeypatch):
     beats predicting the training n(z) for everyone by a wide margin. ~1-2 min on one core."""
     monkeypatch.setenv("PHOTOZ_CACHE", str(tmp_path / "cache"))
     cfg = make_config("demo", "baseline", overrides={"run.progress": False, "run.threads": 1})
-    res = train(cfg, tmp_path / "run")
+    res = train(cfg, tmp_path / "run", data=resolve_data(cfg))
     data = Path(res.metrics["data"])
     assert data.parent == tmp_path / "cache"  # the cached universe of the preset's size
     assert res.metrics["n_train"] + res.metrics["n_val"] + res.metrics["n_test"] == 4000

@@ -19,9 +19,11 @@ from astropy.cosmology import Planck18
 from astropy.io import fits
 from scipy.spatial import cKDTree
 
-from study.data import photometry, render, universe
-from study.data.population import R_EXT
+from study.data import photometry
 from study.errors import UserError
+from study.universe import build as universe
+from study.universe import render
+from study.universe.population import R_EXT
 
 C_ANGSTROM = 2.99792458e18
 
@@ -199,8 +201,8 @@ def test_a_universe_is_the_start_of_a_larger_one(small: Path, tmp_path: Path) ->
 
 
 def test_flux_table_batches_do_not_change_bits(monkeypatch: pytest.MonkeyPatch) -> None:
-    from study.data import sed
-    from study.data.population import population
+    from study.universe import sed
+    from study.universe.population import population
 
     maker = universe.flux_table_maker(180, 0.4, universe.DEFAULT_RANGE)
     g = population().draw_block(5, 0)
@@ -322,7 +324,7 @@ def test_same_bytes_with_numpy_simd_dispatch_disabled(small: Path, tmp_path: Pat
 
     out = tmp_path / "baseline.h5"
     code = (
-        "from study.data import universe; "
+        "from study.universe import build as universe; "
         f"universe.build_universe(300, 3, {str(out)!r}, chunk=100, workers=1, progress=False)"
     )
     env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": " ".join(__cpu_dispatch__)}

@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_split)
 
     try:
-        from study.data.universe import add_universe_parser
+        from study.universe.build import add_universe_parser
     except ImportError:  # the universe builder is optional here
         pass
     else:

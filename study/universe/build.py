@@ -36,17 +36,20 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
-from study.data import population as pop_mod
-from study.data import render as render_mod
-from study.data import sed
 from study.data.dataset import DatasetWriter, draw_split
 from study.errors import UserError
 from study.files import refuse_existing
+from study.universe import population as pop_mod
+from study.universe import render as render_mod
+from study.universe import sed
+
+if TYPE_CHECKING:
+    from study.config import Config
 
 VERSION = 2  # bump when the physics changes: cached universes are keyed by it
 DEFAULT_RANGE = (3800.0, 9200.0)  # A, the SDSS spectrograph
@@ -421,6 +424,21 @@ def cached_universe(n: int, seed: int = 0, image_dtype: str = "float32") -> Path
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return path
+
+
+def resolve_data(config: Config) -> Path:
+    """The file a run trains on: ``config.data.path``, or the cached universe of its size.
+
+    Called at the edges (``python -m study.train``, ``study.run``'s driver, the Tune trainable on
+    each node, ``analysis``), never by the training core, which takes the path it is given.
+    """
+    if config.data.path is not None:
+        path = Path(config.data.path)
+        if not path.is_file():
+            raise UserError(f"{path}: data file not found; fix --data (or data.path)")
+        return path
+    data = config.data
+    return cached_universe(data.universe_n, data.universe_seed, image_dtype=data.image_dtype)
 
 
 def add_universe_parser(subparsers: Any) -> argparse.ArgumentParser:

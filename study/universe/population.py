@@ -30,7 +30,7 @@ import functools
 
 import numpy as np
 
-from study.data import sed
+from study.universe import sed
 
 BLOCK = 1024  # galaxies per generation block: the unit of randomness and of batched math
 CANDIDATES = 2048  # draws per rejection round

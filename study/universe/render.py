@@ -34,8 +34,8 @@ import numpy as np
 import scipy.fft
 from scipy.special import gammaincinv, j0
 
-from study.data import population as pop_mod
-from study.data import sed
+from study.universe import population as pop_mod
+from study.universe import sed
 
 PIXEL_SCALE = 0.396  # arcsec per pixel
 N_OUT = 64
