@@ -20,6 +20,7 @@ from plotly.subplots import make_subplots
 from scipy import stats as sstats
 
 from analysis.results import Predictions
+from study.data.layout import bin_centers
 
 COLORS = {
     "baseline": "#1f77b4",
@@ -189,7 +190,7 @@ def augmentation_cdes(group: str, p: np.ndarray, zs: np.ndarray, edges: np.ndarr
     """CDEs of G galaxies under D random augmentations each (Appendix H); p (G, D, C)."""
     n_gal, n_draws, _ = p.shape
     rows, cols = _grid(n_gal, 4)
-    centers = 0.5 * (edges[1:] + edges[:-1])
+    centers = bin_centers(edges)
     dens = p / np.diff(edges)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"zs = {z:.3f}" for z in zs])
     col = color(group.split(" ")[0])

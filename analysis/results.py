@@ -20,8 +20,12 @@ import torch
 import yaml
 
 from study.config import GROUPS  # noqa: F401  (re-exported for analysis.table)
+from study.data.layout import bin_centers, bin_edges
 from study.errors import UserError
-from study.metrics import METRIC_NAMES  # noqa: F401  (re-exported: SPEC 3 names, one list)
+from study.metrics import (
+    METRIC_NAMES,  # noqa: F401  (re-exported: SPEC 3 names, one list)
+    point_estimate,
+)
 
 REFERENCES = ("baseline", "baseline_aug")
 FRAME_COLUMNS = ("config_id", "seed", "group", "run_dir")
@@ -40,12 +44,12 @@ class Predictions:
     @property
     def centers(self) -> np.ndarray:
         """Bin centres (C,)."""
-        return 0.5 * (self.edges[1:] + self.edges[:-1])
+        return bin_centers(self.edges)
 
     @property
     def zp(self) -> np.ndarray:
         """Point estimate: mean of the CDE with bin centres (SPEC 3), (N,)."""
-        return self.p @ self.centers
+        return point_estimate(self.p, self.edges)
 
 
 def _read_parquet(path: Path, what: str) -> pd.DataFrame:
@@ -111,7 +115,7 @@ def read_bin_edges(run_dir: Path) -> np.ndarray:
                     return np.asarray(f[key][...], dtype=np.float64)
     model = load_run_config(run_dir).get("model", {})
     n_bins, z_max = int(model.get("n_bins", 180)), float(model.get("z_max", 0.4))
-    return np.linspace(0.0, z_max, n_bins + 1)
+    return bin_edges(n_bins, z_max)
 
 
 def load_run_config(run_dir: str | Path) -> dict:

@@ -129,8 +129,8 @@ def speed(args: argparse.Namespace) -> dict:
 
 
 def tables(args: argparse.Namespace) -> None:
+    from study.data.layout import EXTINCTION_R as R_EXT
     from study.universe.build import build_catalogue
-    from study.universe.population import R_EXT
 
     cat = build_catalogue(args.n, args.seed)
     z = cat["zs"]

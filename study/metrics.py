@@ -22,6 +22,8 @@ import warnings
 import numpy as np
 from scipy import stats
 
+from study.data.layout import bin_centers
+
 PIT_OUTLIER = 1e-4  # qp's PIT outlier bounds: PIT < 1e-4 or PIT > 1 - 1e-4
 NMAD_SCALE = 1.4826  # MAD -> sigma for a Gaussian (qp/RAIL PointSigmaMAD)
 IQR_SCALE = 1.349  # IQR -> sigma for a Gaussian (qp/RAIL PointSigmaIQR)
@@ -42,12 +44,6 @@ METRIC_NAMES = (
     "coverage_68",
     "coverage_95",
 )
-
-
-def bin_centers(edges: np.ndarray) -> np.ndarray:
-    """(C,) bin centres from (C + 1,) edges."""
-    e = np.asarray(edges, np.float64)
-    return 0.5 * (e[:-1] + e[1:])
 
 
 def _prepare(p, zs, edges) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from study.data.dataset import validate
-from study.data.formats import EXTINCTION_R, convert
+from study.data.formats import convert
+from study.data.layout import EXTINCTION_R
 from study.data.photometry import flux_table
 from study.errors import UserError
 

@@ -20,10 +20,10 @@ from astropy.io import fits
 from scipy.spatial import cKDTree
 
 from study.data import photometry
+from study.data.layout import EXTINCTION_R as R_EXT
 from study.errors import UserError
 from study.universe import build as universe
 from study.universe import render
-from study.universe.population import R_EXT
 
 C_ANGSTROM = 2.99792458e18
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from study.data.layout import BANDS
 from study.errors import UserError
 
 PIXEL_SAMPLE = 2000  # galaxies whose pixels give the per-band quantiles in `inspect`
@@ -69,7 +70,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             "  pixels (nanomaggies): band mean std p1 p50 p99 (percentiles: first "
             f"{min(info.n, PIXEL_SAMPLE)} galaxies)"
         )
-        for b, band in enumerate("ugriz"):
+        for b, band in enumerate(BANDS):
             print(
                 f"    {band} {mean[b]:.4g} {std[b]:.4g} {pct[0, b]:.4g} {pct[1, b]:.4g} {pct[2, b]:.4g}"
             )
@@ -80,7 +81,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             for s in range(0, info.n, READ_ROWS):
                 usable += np.isfinite(f["flux_table"][s : s + READ_ROWS, :, 0]).sum(axis=0)
             frac = " ".join(
-                f"{b} {100 * u / info.n:.1f}%" for b, u in zip("ugriz", usable, strict=True)
+                f"{b} {100 * u / info.n:.1f}%" for b, u in zip(BANDS, usable, strict=True)
             )
             print(f"  flux table: present; usable band rows: {frac}")
         else:
@@ -128,12 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_split)
 
-    try:
-        from study.universe.build import add_universe_parser
-    except ImportError:  # the universe builder is optional here
-        pass
-    else:
-        add_universe_parser(sub)
+    from study.universe.build import add_universe_parser
+
+    add_universe_parser(sub)
     return parser
 
 

@@ -25,18 +25,15 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where it is used, so converters start fast and small
     import torch
 
+from study.data.layout import BANDS, FORMAT, IMAGE_SHAPE, SOURCES, SPLITS
 from study.data.writer import (  # re-exported: the dataset API is one import
-    _CORE,
-    BANDS,
-    FORMAT,
+    CORE_DATASETS,
+    HASHED_ATTRS,
     IMAGE_CHUNK,
-    IMAGE_SHAPE,
     READ_ROWS,
-    SOURCES,
-    SPLITS,
     DatasetWriter,
-    _attr_bytes,
-    _check_edges,
+    check_edges,
+    content_hash,
     draw_split,
     write_dataset,
 )
@@ -135,8 +132,8 @@ def _structure(f: h5py.File, p: Path) -> DatasetInfo:
         raise UserError(f"{p}: attribute 'format' is {fmt!r}, expected {FORMAT!r}; {_REBUILD}")
     if f.attrs["bands"] != BANDS:
         raise UserError(f"{p}: attribute 'bands' is {f.attrs['bands']!r}, expected 'ugriz'")
-    edges = _check_edges(f.attrs["bin_edges"], str(p))
-    for name in (*_CORE, "flux_table"):
+    edges = check_edges(f.attrs["bin_edges"], str(p))
+    for name in (*CORE_DATASETS, "flux_table"):
         if name not in f:
             if name == "flux_table":
                 continue
@@ -225,7 +222,7 @@ def validate(path: str | os.PathLike, check_hash: bool = True) -> DatasetInfo:
         info = _structure(f, p)
         edges = info.bin_edges
         hashes = {}
-        names = sorted(k for k in (*_CORE, "flux_table") if k in f)
+        names = sorted(k for k in (*CORE_DATASETS, "flux_table") if k in f)
         names += [f"truth/{k}" for k in info.truth_fields]
         for name in sorted(names):
             h = hashlib.sha256()
@@ -249,23 +246,9 @@ def validate(path: str | os.PathLike, check_hash: bool = True) -> DatasetInfo:
                 f"{p}: dataset 'id' repeats id {ids[i]} at index {i}; ids must be unique"
             )
         if check_hash:
-            digest = hashlib.sha256()
-            for name in sorted(hashes):
-                ds = f[name]
-                digest.update(f"{name}|{ds.dtype.str}|{ds.shape}|".encode())
-                digest.update(hashes[name].digest())
-            for key in (
-                "format",
-                "bands",
-                "bin_edges",
-                "pixel_scale_arcsec",
-                "source",
-                "data_seed",
-            ):
-                value = f.attrs[key]
-                value = edges if key == "bin_edges" else value
-                digest.update(f"{key}={_attr_bytes(value).hex()};".encode())
-            if digest.hexdigest() != info.content_hash:
+            digests = [(k, f[k].dtype, f[k].shape, h.digest()) for k, h in hashes.items()]
+            attrs = {key: f.attrs[key] for key in HASHED_ATTRS} | {"bin_edges": edges}
+            if content_hash(digests, attrs) != info.content_hash:
                 raise UserError(
                     f"{p}: attribute 'content_hash' does not match the content (modified or "
                     f"corrupt file); {_REBUILD}"

@@ -30,11 +30,11 @@ import h5py
 import numpy as np
 
 from study.data.dataset import DatasetWriter, draw_split
+from study.data.layout import BANDS, EXTINCTION_R, bin_centers, bin_edges
 from study.errors import UserError
 from study.files import refuse_existing
 
 FORMATS = ("dey", "pasquet", "hayat")
-EXTINCTION_R = np.array([4.239, 3.303, 2.285, 1.698, 1.263])  # SDSS A_b / E(B-V), u..z
 CROP = 64
 
 
@@ -169,7 +169,7 @@ def _open_dey(path: Path, allow_pickle: bool) -> _Source:
     src.zs = _column(path, "labels.z", labels[names["z"]], src.n).astype(np.float64)
     src.ebv = _column(path, "labels.EBV", labels[names["ebv"]], src.n).astype(np.float32)
     src.ids = _ids(path, "labels.specObjID", labels[names["specobjid"]], src.n)
-    mags = [names.get(f"dered_petro_{b}") for b in "ugriz"]
+    mags = [names.get(f"dered_petro_{b}") for b in BANDS]
     if all(mags):
         dered = np.stack([np.asarray(labels[m], np.float64) for m in mags], axis=1)
         observed = dered + EXTINCTION_R * src.ebv[:, None]  # magnitudes as observed
@@ -345,8 +345,8 @@ def convert(
         src = _open_hayat(src_path)
     _check_labels(src, z_max)
     spec = _Spectra(Path(spectra), src.ids) if spectra is not None else None
-    edges = np.linspace(0.0, z_max, n_bins + 1)
-    centers = (edges[1:] + edges[:-1]) / 2
+    edges = bin_edges(n_bins, z_max)
+    centers = bin_centers(edges)
     split = draw_split(src.n, data_seed)
     writer = DatasetWriter(
         out,

@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-BANDS = "ugriz"
+from study.data.layout import BANDS
+
 C_ANGSTROM = 2.99792458e18  # speed of light, A/s
 AB_FNU = 3631e-23  # 3631 Jy in erg/s/cm^2/Hz
 CHUNK = 2  # galaxies per block in flux_table: ~3 MB of temporaries stay in cache (fastest)

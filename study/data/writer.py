@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,17 +19,20 @@ from typing import Any
 import h5py
 import numpy as np
 
+from study.data.layout import BANDS, FORMAT, IMAGE_SHAPE, SOURCES
 from study.errors import UserError
 from study.files import refuse_existing, temporary_path
 
-FORMAT = "photoz-study/1"
-BANDS = "ugriz"
-SOURCES = ("synthetic", "pasquet", "dey", "hayat")
-SPLITS = {"train": 0, "val": 1, "test": 2}
-IMAGE_SHAPE = (5, 64, 64)
 IMAGE_CHUNK = 32  # galaxies per HDF5 chunk of `images`: 32 x 80 KiB = 2.6 MB (float32)
 READ_ROWS = 4096  # galaxies per read when scanning or loading: ~330 MB of float32 images
-_CORE = ("images", "zs", "ebv", "flux", "split", "id")
+CORE_DATASETS = (  # every file has these; flux_table and truth/ are optional
+    "images",
+    "zs",
+    "ebv",
+    "flux",
+    "split",
+    "id",
+)
 
 
 def draw_split(
@@ -65,7 +69,7 @@ def _dcpl(chunks: tuple[int, ...] | None) -> h5py.h5p.PropDCID:
     return dcpl
 
 
-def _check_edges(bin_edges: Any, where: str) -> np.ndarray:
+def check_edges(bin_edges: Any, where: str) -> np.ndarray:
     edges = np.asarray(bin_edges, np.float64)
     if edges.ndim != 1 or edges.size < 2 or not np.all(np.isfinite(edges)):
         raise UserError(f"{where}: field 'bin_edges' must be a finite 1-D array of >= 2 edges")
@@ -109,7 +113,7 @@ class DatasetWriter:
         if source not in SOURCES:
             raise UserError(f"source must be one of {SOURCES}, got {source!r}")
         self.n = int(n)
-        self.edges = _check_edges(bin_edges, str(self.path))
+        self.edges = check_edges(bin_edges, str(self.path))
         self.attrs: dict[str, Any] = {
             "format": FORMAT,
             "bands": BANDS,
@@ -222,16 +226,13 @@ class DatasetWriter:
 
     def _content_hash(self) -> str:
         assert self.file is not None
-        h = hashlib.sha256()
-        for name in sorted(self.specs):
+        digests = []
+        for name in self.specs:
             shape, dtype, _ = self.specs[name]
             if self._next != self.n:  # out-of-order writes: hash by re-reading the file
                 self._hashers[name] = _hash_dataset(self.file[name])
-            h.update(f"{name}|{dtype.str}|{shape}|".encode())
-            h.update(self._hashers[name].digest())
-        for key, value in self.attrs.items():
-            h.update(f"{key}={_attr_bytes(value).hex()};".encode())
-        return h.hexdigest()
+            digests.append((name, dtype, shape, self._hashers[name].digest()))
+        return content_hash(digests, self.attrs)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         assert self.file is not None
@@ -253,6 +254,27 @@ class DatasetWriter:
             if self.tmp.exists():
                 self.file.close()
                 self.tmp.unlink()
+
+
+HASHED_ATTRS = ("format", "bands", "bin_edges", "pixel_scale_arcsec", "source", "data_seed")
+
+
+def content_hash(
+    digests: Iterable[tuple[str, np.dtype, tuple[int, ...], bytes]], attrs: Mapping[str, Any]
+) -> str:
+    """The file's ``content_hash``: SHA-256 over each dataset's (name, dtype, shape, SHA-256 of
+    its bytes), in name order, then over the attributes of ``HASHED_ATTRS``.
+
+    The writer feeds it the digests it computed while writing; ``dataset.validate`` the ones it
+    computes while reading the file back: the same function, so the two cannot drift.
+    """
+    h = hashlib.sha256()
+    for name, dtype, shape, digest in sorted(digests, key=lambda d: d[0]):
+        h.update(f"{name}|{np.dtype(dtype).str}|{tuple(shape)}|".encode())
+        h.update(digest)
+    for key in HASHED_ATTRS:
+        h.update(f"{key}={_attr_bytes(attrs[key]).hex()};".encode())
+    return h.hexdigest()
 
 
 def _hash_dataset(ds: h5py.Dataset) -> Any:

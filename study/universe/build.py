@@ -42,6 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from study.data.dataset import DatasetWriter, draw_split
+from study.data.layout import bin_centers, bin_edges
 from study.errors import UserError
 from study.files import refuse_existing
 from study.universe import population as pop_mod
@@ -84,11 +85,6 @@ IMAGE_TRUTH: dict[str, tuple[tuple[int, ...], str]] = {
 _RENAME = {"abs_mag": "abs_mag_r01", "t": "sed_t"}
 
 
-def bin_edges(n_bins: int = 180, z_max: float = 0.4) -> np.ndarray:
-    """Equal redshift bins on [0, z_max] (SPEC 1)."""
-    return np.linspace(0.0, z_max, n_bins + 1)
-
-
 def _catalogue_block(g: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The catalogue columns (and catalogue truth) of one population block."""
     out = {"zs": g["zs"], "ebv": g["ebv"], "flux": g["flux"]}
@@ -102,8 +98,7 @@ def _catalogue_block(g: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 @functools.lru_cache(maxsize=4)
 def flux_table_maker(n_bins: int, z_max: float, spectral_range: tuple[float, float]):
     """The process-wide FluxTableMaker of a binning and spectral range."""
-    edges = bin_edges(n_bins, z_max)
-    return sed.FluxTableMaker(0.5 * (edges[1:] + edges[:-1]), spectral_range)
+    return sed.FluxTableMaker(bin_centers(bin_edges(n_bins, z_max)), spectral_range)
 
 
 def make_block(

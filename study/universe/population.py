@@ -30,6 +30,7 @@ import functools
 
 import numpy as np
 
+from study.data.layout import EXTINCTION_R
 from study.universe import sed
 
 BLOCK = 1024  # galaxies per generation block: the unit of randomness and of batched math
@@ -41,7 +42,6 @@ H = 0.6766  # Planck18 H0 / 100
 M_STAR = -20.44 + 5 * np.log10(H)  # Blanton et al. 2003, ^{0.1}r, in h = 0.6766 units
 ALPHA = -1.05
 Q_EVOL = 1.62  # Blanton et al. 2003 luminosity evolution, mag per unit redshift
-R_EXT = np.array([4.239, 3.303, 2.285, 1.698, 1.263])  # A_b / E(B-V), SDSS (Schlegel et al. 1998)
 # light fractions (^{0.1}r) of the five kcorrect templates at the ends of the blue-red axis
 RED = np.array([0.12, 0.0, 0.03, 0.85, 0.0])
 BLUE = np.array([0.0, 0.04, 0.46, 0.05, 0.45])
@@ -140,7 +140,7 @@ class Population:
         g["coeffs_bulge"] = sed.round32(g.pop("light_b") * g["bulge_frac"][:, None] * scale)
         g["coeffs_disk"] = sed.round32(g.pop("light_d") * (1 - g["bulge_frac"])[:, None] * scale)
         g["ebv"] = sed.round32(np.clip(0.03 * np.exp(0.5 * rng.standard_normal(n)), 0.003, 0.5))
-        ext = sed.round32(10 ** (-0.4 * R_EXT[None, :] * g["ebv"][:, None]))
+        ext = sed.round32(10 ** (-0.4 * EXTINCTION_R[None, :] * g["ebv"][:, None]))
         g["flux_bulge"] = 1e9 * ext * self.tables.band_maggies(g["coeffs_bulge"], g["zs"])
         g["flux_disk"] = 1e9 * ext * self.tables.band_maggies(g["coeffs_disk"], g["zs"])
         g["flux"] = g["flux_bulge"] + g["flux_disk"]  # nanomaggies, as observed

@@ -34,6 +34,7 @@ import numpy as np
 import scipy.fft
 from scipy.special import gammaincinv, j0
 
+from study.data.layout import EXTINCTION_R
 from study.universe import population as pop_mod
 from study.universe import sed
 
@@ -183,7 +184,7 @@ class Renderer:
         colour = np.where(
             star[:, None], self.pop.tables.star_maggies(temp), gal_colour / gal_colour[:, 2:3]
         )
-        ext = 10 ** (-0.4 * pop_mod.R_EXT[None, :] * ebv[:, None])
+        ext = 10 ** (-0.4 * EXTINCTION_R[None, :] * ebv[:, None])
         flux = np.where(has[:, None], colour * ext * 10 ** (-0.4 * (r_mag - 22.5))[:, None], 0.0)
         obs = {
             "psf_fwhm_arcsec": fwhm_r[:, None] * SEEING_SCALE[None, :],

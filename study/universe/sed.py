@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-BANDS = "ugriz"
 K_TEMPLATES = 5
 REST_RANGE = (1500.0, 12500.0)  # A: rest wavelengths that reach u..z (2980-11230 A) for z <= 0.45
 Z_TABLE = np.linspace(0.0, 0.45, 901)  # redshift grid of the template band-flux table (dz 5e-4)
