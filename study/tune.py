@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -45,9 +44,6 @@ EXPERIMENT = "tune"  # Ray Tune experiment name under the storage path
 OPTUNA_STUDY = "photoz-study"  # the study's name inside the Optuna journal
 JOURNAL = "optuna.journal"
 FRAME_METRICS = METRIC_NAMES  # the frame's val_<m> / test_<m> columns: SPEC 3, with the s.e.
-# Test hook: "<group>:<seed>" makes that trial raise once after its first epoch (a marker file in
-# STUDY_DIR/faults/ remembers it), so tests can check the retry from the checkpoint.
-FAIL_ONCE_ENV = "PHOTOZ_STUDY_FAIL_ONCE"
 
 
 def config_id(group: str, overrides: dict[str, Any]) -> str:
@@ -161,29 +157,15 @@ def trainable(config: dict[str, Any]) -> None:
             shutil.copytree(src, run_dir / "checkpoint")
     elif run_dir.exists():  # an attempt that died before its first checkpoint: start over
         shutil.rmtree(run_dir)
-    fail_marker = _fail_marker(plan)
 
     def on_epoch(row: dict[str, Any], checkpoint_dir: Path) -> None:
         tune.report(
             {**_scalars(row), **tags}, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir)
         )
-        if fail_marker is not None and not fail_marker.exists():
-            fail_marker.parent.mkdir(parents=True, exist_ok=True)
-            fail_marker.touch()
-            raise RuntimeError(
-                f"{FAIL_ONCE_ENV}: injected failure after an epoch of {run_dir.name}"
-            )
 
     data = resolve_data(plan["config"])  # this node's copy of the default universe, if need be
     result = train(plan["config"], run_dir, data=data, resume=resume, on_epoch=on_epoch)
     tune.report({**final_result(result.metrics), **tags})
-
-
-def _fail_marker(plan: dict[str, Any]) -> Path | None:
-    want = os.environ.get(FAIL_ONCE_ENV, "")
-    if want != f"{plan['label']}:{plan['seed']}":
-        return None
-    return plan["study_dir"] / "faults" / run_name(plan["config_id"], plan["seed"])
 
 
 # ---- the Tuner -----------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """A real study on a local Ray (2 CPUs, tiny preset): paired seeds, Optuna seed means, retry, resume.
 
 One module-scoped study runs ``python -m study.run --search demo --preset tiny`` in-process with
-three configurations (the two reference points and one TPE sample) on seeds 0 and 1, and with
-one trial made to fail once after its first epoch; the tests below read what it left behind.
+three configurations (the two reference points and one TPE sample) on seeds 0 and 1; the
+worker process of one trial is killed (SIGKILL) once Tune holds that trial's first checkpoint,
+so Tune must retry it from there. The tests below read what the study left behind.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
 import pandas as pd
+import psutil
 import pytest
 import yaml
 from _spec import SPEC3_METRICS
@@ -81,15 +85,92 @@ def data_file(tmp_path_factory) -> Path:
     return tiny_file(tmp_path_factory.mktemp("data") / "tiny.h5")
 
 
+KILL_TRIAL = ("constrained", 1)  # (group, seed) of the trial whose worker is killed
+KILL_TIMEOUT_S = 600  # the whole study takes about 2 minutes on 2 cores
+
+
+def _trial_with_checkpoint(experiment: Path, group: str, seed: int) -> Any | None:
+    """The Tune trial of (group, seed) once the driver's experiment snapshot holds its checkpoint.
+
+    The snapshot is what a retry restores from: the driver saves it after registering a trial's
+    checkpoint (``CheckpointConfig(num_to_keep=1)`` forces that save for every checkpoint).
+    """
+    from ray.tune import ExperimentAnalysis
+
+    if not list(experiment.glob("experiment_state-*.json")):
+        return None
+    try:
+        trials = ExperimentAnalysis(str(experiment)).trials
+    except Exception:  # a snapshot being copied into place: read it on the next poll
+        return None
+    for trial in trials:
+        last = trial.last_result or {}
+        if (last.get("group"), last.get("seed")) == (group, seed) and trial.checkpoint is not None:
+            return trial
+    return None
+
+
+def _ray_worker(pid: int) -> psutil.Process:
+    """``pid`` as a live Ray worker started by this (driver) process, or an AssertionError."""
+    try:
+        proc = psutil.Process(pid)
+        title = " ".join(proc.cmdline())
+        ours = any(p.pid == os.getpid() for p in proc.parents())
+    except psutil.NoSuchProcess as exc:
+        raise AssertionError(f"Tune's worker pid {pid} is gone before the kill") from exc
+    assert title.startswith("ray::") and ours, f"pid {pid} is not our Ray worker: {title!r}"
+    return proc
+
+
+def kill_worker_after_first_checkpoint(
+    study_dir: Path, record: Path, stop: threading.Event, errors: list[str]
+) -> None:
+    """SIGKILL the worker of KILL_TRIAL once Tune holds its first checkpoint; note it in ``record``.
+
+    Runs in a thread beside the in-process driver. The worker's pid is the one Tune's own
+    results carry (``pid``, auto-filled on every report); the poll interval is no deadline.
+    """
+    group, seed = KILL_TRIAL
+    deadline = time.monotonic() + KILL_TIMEOUT_S
+    try:
+        while (
+            trial := _trial_with_checkpoint(study_dir / "ray" / st.EXPERIMENT, group, seed)
+        ) is None:
+            if stop.wait(0.2) or time.monotonic() > deadline:
+                errors.append(f"no checkpoint of trial {group}:{seed} seen in the Tune snapshot")
+                return
+        last = trial.last_result
+        run_dir = study_dir / "runs" / st.run_name(last["config_id"], seed)
+        proc = _ray_worker(int(last["pid"]))
+        proc.send_signal(signal.SIGSTOP)  # frozen: what is checked below stays true at the kill
+        try:
+            assert (run_dir / "checkpoint" / "state.pt").is_file(), f"{run_dir}: no checkpoint"
+            assert not (run_dir / "metrics.json").is_file(), f"{run_dir} finished before the kill"
+        except AssertionError:
+            proc.send_signal(signal.SIGCONT)  # let the study end; the fixture reports the error
+            raise
+        proc.kill()  # SIGKILL
+        info = {"pid": proc.pid, "trial_id": trial.trial_id, "epoch": last["epoch"]}
+        record.write_text(json.dumps({**info, "run_dir": str(run_dir.relative_to(study_dir))}))
+    except Exception as exc:  # reported by the fixture, which owns the test's failure
+        errors.append(f"{type(exc).__name__}: {exc}")
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, data_file) -> Path:
     out = tmp_path_factory.mktemp("studies") / "demo"
-    os.environ[st.FAIL_ONCE_ENV] = "constrained:1"  # inherited by the local Ray's workers
+    record, stop, errors = out.parent / "killed.json", threading.Event(), []
+    killer = threading.Thread(
+        target=kill_worker_after_first_checkpoint, args=(out, record, stop, errors), daemon=True
+    )
+    killer.start()
     try:
         argv = ["--search", "demo", "--preset", "tiny", "--num-samples", "3"]
         rc = main([*argv, "--data", str(data_file), "--out", str(out), *LIGHT_RAY])
     finally:
-        del os.environ[st.FAIL_ONCE_ENV]
+        stop.set()
+        killer.join(timeout=60)
+    assert not errors and record.is_file(), f"the worker kill did not happen: {errors}"
     assert rc == 0
     return out
 
@@ -148,14 +229,24 @@ def test_optuna_storage_holds_the_seed_means(study):
 
 
 def test_failed_trial_was_retried_from_its_checkpoint(study):
-    """The trial that raised after epoch 1 resumed at epoch 2 and equals an uninterrupted run."""
+    """The trial whose worker was killed after epoch 1 resumed at epoch 2 and equals an uninterrupted run."""
     from study.config import apply_overrides, load_yaml
     from study.train import train
 
     frame = pd.read_parquet(study / "frame.parquet")
     row = frame[(frame.group == "constrained") & (frame.seed == 1)].iloc[0]
-    assert (study / "faults" / f"{row.config_id}-s1").is_file()
+    killed = json.loads((study.parent / "killed.json").read_text())
+    assert killed["run_dir"] == row.run_dir and killed["epoch"] == 1
     assert len(list((study / "ray" / st.EXPERIMENT).glob("*/error.txt"))) == 1
+    # Tune's results of that trial, both attempts: epoch 1 once (the retry did not start over),
+    # from the killed worker; then epoch 2 and the final report from a new one
+    lines = study / "ray" / st.EXPERIMENT / f"trial_{killed['trial_id']}" / "result.json"
+    reports = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert [(r["epoch"], r["pid"] == killed["pid"]) for r in reports] == [
+        (1, True),
+        (2, False),
+        (2, False),
+    ]
     run_dir = study / row.run_dir
     history = pd.read_parquet(run_dir / "history.parquet")
     assert history.epoch.tolist() == [1, 2]
