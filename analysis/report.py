@@ -5,22 +5,30 @@ tables (``table1.md``, ``table1.csv``, ``summary.csv``, ``paired.csv``, ``varian
 ``landscape.csv``) and every figure as its own HTML file (and PNG where kaleido can start a
 Chromium) under ``report/figures/``. The text leads with the paper's question: the paired
 difference constrained - baseline_aug on the same seeds, with its bootstrap CI.
+
+The parts: ``make_tables`` / ``write_tables`` (the numbers), ``make_figures`` / ``write_figures``,
+and ``render_page``, which fills ``analysis/templates/report.html.j2`` (Jinja2, autoescaped).
 """
 
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
 from analysis import figures
@@ -52,41 +60,138 @@ def labelled(frame: pd.DataFrame, best: int = 3, **select) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def _excludes_zero(r: pd.Series) -> bool:
-    return bool(np.isfinite(r["ci_low"]) and (r["ci_low"] > 0 or r["ci_high"] < 0))
+@dataclass
+class Tables:
+    """The report's numbers; each frame but ``frame`` is also written as a CSV file."""
+
+    frame: pd.DataFrame  # the study's rows shown in Table 1, with a ``label`` column
+    table1: pd.DataFrame  # table1.md, table1.csv: this study and the literature
+    summary: pd.DataFrame  # summary.csv: mean, std, CI per label and test metric
+    paired: pd.DataFrame  # paired.csv: every label against each reference, on shared seeds
+    variance: pd.DataFrame  # variance.csv: trial (seed) and study (configuration) variance
 
 
-def headline(paired: pd.DataFrame) -> list[str]:
-    """HTML for the paired differences that answer the paper's question, that one first."""
-    blocks = []
-    for value, ref in QUESTIONS:
-        sub = paired[(paired["label"] == value) & (paired["reference"] == ref)]
-        if sub.empty:
-            continue
-        n = int(sub["n"].max())
-        n_excl = sum(_excludes_zero(r) for _, r in sub.iterrows())
-        rows = "".join(
-            f"<tr><td>{r['metric'].removeprefix('test_')}</td><td>{r['mean_diff']:+.3g}</td>"
-            f"<td>[{r['ci_low']:.3g}, {r['ci_high']:.3g}]</td><td>{r['p_wilcoxon']:.2g}</td>"
-            f"<td>{'<b>excludes 0</b>' if _excludes_zero(r) else 'includes 0'}</td></tr>"
-            for _, r in sub.iterrows()
-        )
-        small = sub["note"].iloc[0]
-        if n < 5:
-            small += (
-                f"; with n={n} the bootstrap CI is about the range of the per-seed differences "
-                "and undercovers, so read 'excludes 0' as descriptive"
-            )
-        blocks.append(
-            f"<h3>{value} &minus; {ref} (n={n} paired seeds)</h3>"
-            f"<p>{n_excl} of {len(sub)} metrics have a 95% bootstrap CI of the mean paired difference "
-            f"that excludes zero{' (' + small + ')' if small else ''}.</p>"
-            "<table><thead><tr><th>metric</th><th>mean difference</th><th>95% CI</th>"
-            f"<th>Wilcoxon p</th><th>CI</th></tr></thead><tbody>{rows}</tbody></table>"
-        )
-    if not blocks:
-        blocks.append("<p>No two groups share seeds, so no paired comparison is possible.</p>")
-    return blocks
+@dataclass
+class Figures:
+    """The report's figures, in page order, and what the passes behind them left."""
+
+    figures: list[tuple[str, go.Figure]] = field(default_factory=list)
+    landscape: pd.DataFrame = field(default_factory=pd.DataFrame)  # landscape.csv, if any
+    notes: list[str] = field(default_factory=list)  # what was skipped, and why
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per pass
+
+
+def build_report(
+    study_dir: str | Path,
+    *,
+    force: bool = False,
+    best: int = 3,
+    landscape: bool = True,
+    augmentations: bool = True,
+    png: bool = True,
+    seed: int = 0,
+    device: str = "auto",
+) -> Path:
+    """Write ``STUDY_DIR/report/`` and return the path of ``report.html``."""
+    t0 = time.perf_counter()
+    study = load_study(study_dir)
+    out = _empty_report_dir(study, force)
+    tables = make_tables(study, best)
+    write_tables(tables, out)
+    figs = Figures(timings={"tables": time.perf_counter() - t0})
+    make_figures(study, tables, figs, landscape=landscape, augmentations=augmentations,
+                 seed=seed, device=device)  # fmt: skip
+    write_figures(figs, out, png=png)
+    seconds = time.perf_counter() - t0
+    (out / "report.html").write_text(render_page(study, tables, figs, seconds))
+    summary = {"seconds": seconds, "timings": figs.timings, "figures": [n for n, _ in figs.figures]}
+    (out / "report.json").write_text(json.dumps(summary, indent=1))
+    return out / "report.html"
+
+
+def _empty_report_dir(study: Study, force: bool) -> Path:
+    """``STUDY_DIR/report/`` with an empty ``figures/``; an existing report needs ``force``."""
+    out = study.path / "report"
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise UserError(f"{out}: a report exists already; pass --force to overwrite it")
+        shutil.rmtree(out)
+    (out / "figures").mkdir(parents=True)
+    return out
+
+
+# ---- the tables ------------------------------------------------------------------------------
+
+
+def make_tables(study: Study, best: int) -> Tables:
+    """Table 1, the per-label summary, the paired comparisons and the variance split."""
+    select_on, mode = study.objective()
+    frame = labelled(study.frame, best=best, select_on=select_on, mode=mode)
+    test_cols = [f"test_{m}" for m, _, _ in COLUMNS if f"test_{m}" in frame]
+    refs = list(
+        dict.fromkeys(frame.loc[frame["group"].isin(["baseline", "baseline_aug"]), "label"])
+    )
+    key_cols = [f"test_{m}" for m in KEY_METRICS if f"test_{m}" in frame]
+    var_rows = [
+        {"metric": c.removeprefix("test_"), **variance_split(study.frame, c)} for c in test_cols
+    ]
+    return Tables(
+        frame=frame,
+        table1=table1(study.frame, best=best, select_on=select_on, mode=mode),
+        summary=summarize(frame, test_cols, by="label"),
+        paired=paired_table(frame, key_cols, refs, by="label"),
+        variance=pd.DataFrame(var_rows),
+    )
+
+
+def write_tables(tables: Tables, out: Path) -> None:
+    """table1.md, table1.csv, summary.csv, paired.csv (if any pair) and variance.csv."""
+    (out / "table1.md").write_text(to_markdown(tables.table1))
+    tables.table1.to_csv(out / "table1.csv", index=False)
+    tables.summary.to_csv(out / "summary.csv", index=False)
+    if not tables.paired.empty:
+        tables.paired.drop(columns=["seeds"]).to_csv(out / "paired.csv", index=False)
+    tables.variance.to_csv(out / "variance.csv", index=False)
+
+
+# ---- the figures -----------------------------------------------------------------------------
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    tic = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - tic
+
+
+def make_figures(
+    study: Study,
+    tables: Tables,
+    figs: Figures,
+    *,
+    landscape: bool,
+    augmentations: bool,
+    seed: int,
+    device: str,
+) -> None:
+    """Add the report's figures to ``figs``, in page order, timing each pass."""
+    frame = tables.frame
+    firsts = _first_runs(frame)
+    with _timed(figs.timings, "pit_zp_zs"):
+        preds = {k: study.predictions(study.run_dir(r)) for k, r in firsts.items()}
+        n_runs = {k: int(g["seed"].nunique()) for k, g in frame.groupby("label")}
+        figs.figures.append(("pit", figures.pit_histograms(_pits(study, frame))))
+        figs.figures.append(("zp_zs", figures.zp_zs(preds, n_runs=n_runs, seed=seed)))
+    with _timed(figs.timings, "augmentations"):
+        if augmentations:
+            figs.figures += _augmentation_figs(study, firsts, preds, seed, device, figs.notes)
+    with _timed(figs.timings, "curves_forest_optuna"):
+        figs.figures += _history_figs(study, frame, tables.paired, figs.notes)
+    with _timed(figs.timings, "landscape"):
+        if landscape:
+            fig, figs.landscape = _landscape(study, firsts, seed, device, figs.notes)
+            if fig is not None:
+                figs.figures.append(("landscape_1d", fig))
 
 
 def _pits(study: Study, frame: pd.DataFrame) -> dict[str, list[np.ndarray]]:
@@ -104,141 +209,29 @@ def _first_runs(frame: pd.DataFrame) -> dict[str, pd.Series]:
     return {str(k): g.sort_values("seed").iloc[0] for k, g in frame.groupby("label", sort=False)}
 
 
-def _table_html(table: pd.DataFrame, columns) -> str:
-    head = "".join(
-        f"<th>{html.escape(lbl)}</th>" for lbl in ["row", "source"] + [c[1] for c in columns]
-    )
-    body = []
-    for _, rec in table.iterrows():
-        lit = str(rec["source"]).startswith("literature")
-        cells = [
-            f"<td>{html.escape(str(rec['row']))}</td>",
-            f"<td>{html.escape(str(rec['source']))}</td>",
-        ]
-        for metric, _, scale in columns:
-            mean, std = rec[f"{metric}_mean"], rec[f"{metric}_std"]
-            if lit:
-                cells.append(
-                    f"<td>{mean * scale:.3g}</td>" if np.isfinite(mean) else "<td>&ndash;</td>"
-                )
-            else:
-                cells.append(
-                    f"<td>{format_mean_std(mean, std, int(rec[f'{metric}_n']), scale=scale)}</td>"
-                )
-        body.append(f"<tr class='{'lit' if lit else 'ours'}'>{''.join(cells)}</tr>")
-    return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
-
-
-def _pivot(land: pd.DataFrame, value: str) -> pd.DataFrame:
-    wide = land.pivot_table(index=["label", "seed"], columns="term", values=value).reset_index()
-    wide.columns.name = None
-    return wide
-
-
-def _df_html(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
-    return df.to_html(index=False, float_format=lambda v: floatfmt.format(v), border=0, na_rep="–")
-
-
-def build_report(
-    study_dir: str | Path,
-    *,
-    force: bool = False,
-    best: int = 3,
-    landscape: bool = True,
-    augmentations: bool = True,
-    png: bool = True,
-    seed: int = 0,
-    device: str = "auto",
-) -> Path:
-    """Write ``STUDY_DIR/report/`` and return the path of ``report.html``."""
-    t0 = time.perf_counter()
-    study = load_study(study_dir)
-    out = study.path / "report"
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise UserError(f"{out}: a report exists already; pass --force to overwrite it")
-        shutil.rmtree(out)
-    figdir = out / "figures"
-    figdir.mkdir(parents=True)
-    select_on, mode = study.objective()
-    frame = labelled(study.frame, best=best, select_on=select_on, mode=mode)
-    by = "label"
-    test_cols = [f"test_{m}" for m, _, _ in COLUMNS if f"test_{m}" in frame]
-
-    table = table1(study.frame, best=best, select_on=select_on, mode=mode)
-    (out / "table1.md").write_text(to_markdown(table))
-    table.to_csv(out / "table1.csv", index=False)
-    summ = summarize(frame, test_cols, by=by)
-    summ.to_csv(out / "summary.csv", index=False)
-    refs = list(
-        dict.fromkeys(frame.loc[frame["group"].isin(["baseline", "baseline_aug"]), "label"])
-    )
-    paired = paired_table(
-        frame, [f"test_{m}" for m in KEY_METRICS if f"test_{m}" in frame], refs, by=by
-    )
-    if not paired.empty:
-        paired.drop(columns=["seeds"]).to_csv(out / "paired.csv", index=False)
-    var_rows = [
-        {"metric": c.removeprefix("test_"), **variance_split(study.frame, c)} for c in test_cols
-    ]
-    variance = pd.DataFrame(var_rows)
-    variance.to_csv(out / "variance.csv", index=False)
-
-    figs: list[tuple[str, go.Figure]] = []
-    notes: list[str] = []
-    timings: dict[str, float] = {"tables": time.perf_counter() - t0}
-    tic = time.perf_counter()
-    figs.append(("pit", figures.pit_histograms(_pits(study, frame))))
-    firsts = _first_runs(frame)
-    preds = {k: study.predictions(study.run_dir(r)) for k, r in firsts.items()}
-    n_runs = {k: int(g["seed"].nunique()) for k, g in frame.groupby("label")}
-    figs.append(("zp_zs", figures.zp_zs(preds, n_runs=n_runs, seed=seed)))
-    timings["pit_zp_zs"], tic = time.perf_counter() - tic, time.perf_counter()
-    if augmentations:
-        figs += _augmentation_figs(study, firsts, preds, seed=seed, device=device, notes=notes)
-    timings["augmentations"], tic = time.perf_counter() - tic, time.perf_counter()
+def _history_figs(
+    study: Study, frame: pd.DataFrame, paired: pd.DataFrame, notes: list[str]
+) -> list[tuple[str, go.Figure]]:
+    """Learning curves, the paired forest plot and Optuna's own figures, where there is data."""
+    out = []
     hist = study.history
     if not hist.empty and {"config_id", "epoch"} <= set(hist.columns):
         labels = frame.drop_duplicates("config_id").set_index("config_id")["label"]
         h = hist[hist["config_id"].isin(labels.index)].copy()
         h["group"] = h["config_id"].map(labels)
-        figs.append(("learning_curves", figures.learning_curves(h)))
+        out.append(("learning_curves", figures.learning_curves(h)))
     if not paired.empty:
-        figs.append(("paired_forest", figures.forest(paired, by=by)))
+        out.append(("paired_forest", figures.forest(paired, by="label")))
     storage = study.optuna_storage()
     if storage:
         try:
-            figs += list(figures.optuna_figures(storage).items())
+            out += list(figures.optuna_figures(storage).items())
         except Exception as exc:  # a foreign or half-written journal should not sink the report
             notes.append(f"Optuna figures skipped: {type(exc).__name__}: {exc}")
-    timings["curves_forest_optuna"], tic = time.perf_counter() - tic, time.perf_counter()
-    land = pd.DataFrame()
-    if landscape:
-        fig, land = _landscape(study, firsts, seed=seed, device=device, notes=notes)
-        if fig is not None:
-            figs.append(("landscape_1d", fig))
-            land.to_csv(out / "landscape.csv", index=False)
-
-    timings["landscape"], tic = time.perf_counter() - tic, time.perf_counter()
-    for name, fig in figs:
-        figures.save(fig, figdir / name)
-    if png and not figures.write_pngs([f for _, f in figs], [figdir / f"{n}.png" for n, _ in figs]):
-        notes.append(
-            "PNG export skipped: kaleido could not start Chrome/Chromium (apt-get install chromium)."
-        )
-    timings["write_figures"] = time.perf_counter() - tic
-    seconds = time.perf_counter() - t0
-    page = _page(study, frame, table, paired, summ, variance, land, figs, notes, seconds)
-    (out / "report.html").write_text(page)
-    (out / "report.json").write_text(
-        json.dumps(
-            {"seconds": seconds, "timings": timings, "figures": [n for n, _ in figs]}, indent=1
-        )
-    )
-    return out / "report.html"
+    return out
 
 
-def _augmentation_figs(study, firsts, preds, *, seed, device, notes) -> list[tuple[str, go.Figure]]:
+def _augmentation_figs(study, firsts, preds, seed, device, notes) -> list[tuple[str, go.Figure]]:
     from analysis.results import augmented_cdes
 
     first = next(iter(preds.values()))
@@ -269,7 +262,7 @@ def _augmentation_figs(study, firsts, preds, *, seed, device, notes) -> list[tup
     return out
 
 
-def _landscape(study, firsts, *, seed, device, notes) -> tuple[go.Figure | None, pd.DataFrame]:
+def _landscape(study, firsts, seed, device, notes) -> tuple[go.Figure | None, pd.DataFrame]:
     from analysis import landscape as ls
 
     slices, rows, n_gal = {}, [], 0
@@ -294,81 +287,138 @@ def _landscape(study, firsts, *, seed, device, notes) -> tuple[go.Figure | None,
     return figures.landscape_1d(slices, n_galaxies=n_gal), pd.concat(rows, ignore_index=True)
 
 
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1400px;margin:24px auto;padding:0 16px;color:#222}
-h1{font-size:1.6em}h3{margin:14px 0 4px}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:12.5px;margin:8px 0}th,td{padding:3px 7px;white-space:nowrap;border-bottom:1px solid #eee;text-align:right}
-th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}tr.lit td{color:#666;font-style:italic;background:#fafafa}
-.wide{overflow-x:auto}.note{color:#555;font-size:0.92em}.fig{margin:18px 0}
-"""
+def write_figures(figs: Figures, out: Path, *, png: bool) -> None:
+    """Each figure as ``figures/<name>.html`` (and ``.png``); ``landscape.csv`` if it ran."""
+    with _timed(figs.timings, "write_figures"):
+        if not figs.landscape.empty:
+            figs.landscape.to_csv(out / "landscape.csv", index=False)
+        figdir = out / "figures"
+        for name, fig in figs.figures:
+            figures.save(fig, figdir / name)
+        pngs = [figdir / f"{name}.png" for name, _ in figs.figures]
+        if png and not figures.write_pngs([f for _, f in figs.figures], pngs):
+            figs.notes.append(
+                "PNG export skipped: kaleido could not start Chrome/Chromium "
+                "(apt-get install chromium)."
+            )
 
 
-def _page(study, frame, table, paired, summ, variance, land, figs, notes, seconds) -> str:
+# ---- the page --------------------------------------------------------------------------------
+
+
+def render_page(study: Study, tables: Tables, figs: Figures, seconds: float) -> str:
+    """``report.html`` from ``templates/report.html.j2``: numbers first, then the figures."""
+    paired, land, summ = tables.paired, figs.landscape, tables.summary
+    paired_view = paired.drop(columns=["seeds"]) if not paired.empty else paired
+    this_study = tables.table1[tables.table1["source"] == "this study"]
+    landscape = None
+    if not land.empty:
+        landscape = {v: _df_html(_pivot(land, v)) for v in ("curvature", "sharpness")}
+    return PAGE.render(
+        name=study.path.name,
+        plotlyjs=Markup(get_plotlyjs()),
+        runs=_runs(study),
+        seconds=seconds,
+        questions=questions(paired),
+        table1_paper=_table1_view(tables.table1, PAPER_COLUMNS),
+        table1_extra=_table1_view(this_study, EXTRA_COLUMNS),
+        paired=_df_html(paired_view) if not paired_view.empty else None,
+        variance=_df_html(tables.variance),
+        landscape=landscape,
+        figures=[
+            (name, Markup(fig.to_html(full_html=False, include_plotlyjs=False)))
+            for name, fig in figs.figures
+        ],
+        notes=figs.notes,
+        summary=_df_html(summ[summ["metric"].isin([f"test_{m}" for m in KEY_METRICS])]),
+    )
+
+
+def _runs(study: Study) -> dict[str, Any]:
+    """The page's first line: what ran, on what, from which commit."""
     f = study.frame
     prov = {}
     if (study.path / "provenance.json").is_file():
         prov = json.loads((study.path / "provenance.json").read_text())
-    kind = "ablation" if study.by == "group" else "search"
-    head = (
-        f"<p>{len(f)} runs: {f['config_id'].nunique()} configurations &times; seeds "
-        f"{sorted(int(s) for s in f['seed'].unique())}; groups {', '.join(study.groups)} ({kind} study). "
-        f"Devices: {', '.join(sorted(set(map(str, f.get('device', pd.Series(['?']))))))}. "
-        f"Git commit: {html.escape(str(prov.get('git_commit', '?')))}. Report built in {seconds:.0f} s.</p>"
-    )
-    paired_view = paired.drop(columns=["seeds"]) if not paired.empty else paired
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>photoz-study report: {html.escape(study.path.name)}</title><style>{CSS}</style>",
-        f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>",
-        f"<h1>photoz-study report: {html.escape(study.path.name)}</h1>",
-        head,
-        "<h2>What the numbers say</h2>",
-        "<p class='note'>Differences are paired: each seed gives both groups the same weight initialisation "
-        "and batch order, so the difference is taken seed by seed. With fewer than 6 seeds the Wilcoxon "
-        "signed-rank test cannot reach p &lt; 0.05; read the bootstrap CI and n.</p>",
-        *headline(paired),
-        "<h2>Table 1, reproduced</h2>",
-        "<p class='note'>mean ± std (n seeds) of the test-set metrics; italic rows are literature values "
-        "from the paper's Table 1, not reproduced here. The paper's CDE loss is on another scale "
-        "(about −8e-4); ours is in density units (SPEC 2). Outlier fractions in per cent.</p>",
-        _table_html(table, PAPER_COLUMNS),
-        "<h3>Table 1b: RAIL variants and PIT statistics (this study only)</h3>",
-        _table_html(table[table["source"] == "this study"], EXTRA_COLUMNS),
-        "<h2>Paired comparisons, all</h2>",
-        "<details><summary>every group against each reference (paired.csv)</summary>",
-        _df_html(paired_view) if not paired_view.empty else "<p>none</p>",
-        "</details>",
-        "<h2>Trial variance (seeds) and study variance (configurations)</h2>",
-        "<p class='note'>trial_std: pooled std over seeds within a configuration; study_std: std of the "
-        "configurations' means; study_var_component: the part of the study variance the seeds do not explain.</p>",
-        _df_html(variance),
-    ]
-    if not land.empty:
-        parts += [
-            "<h2>Loss-landscape summary (1D, one run per group)</h2>",
-            "<p class='note'>curvature: second derivative of a quadratic fit on |a| ≤ 0.2 along one "
-            "filter-normalised direction (the same Gaussian draw for every group); sharpness: largest rise "
-            "over a ∈ [−1, 1]. Full 2D surfaces: <code>python -m analysis.landscape RUN_DIR</code>.</p>",
-            "<p>curvature per loss term:</p>",
-            _df_html(_pivot(land, "curvature")),
-            "<p>sharpness per loss term:</p>",
-            _df_html(_pivot(land, "sharpness")),
+    return {
+        "n": len(f),
+        "configurations": f["config_id"].nunique(),
+        "seeds": sorted(int(s) for s in f["seed"].unique()),
+        "groups": study.groups,
+        "kind": "ablation" if study.by == "group" else "search",
+        "devices": sorted(set(map(str, f.get("device", pd.Series(["?"]))))),
+        "git_commit": str(prov.get("git_commit", "?")),
+    }
+
+
+def _excludes_zero(r: pd.Series) -> bool:
+    return bool(np.isfinite(r["ci_low"]) and (r["ci_low"] > 0 or r["ci_high"] < 0))
+
+
+def questions(paired: pd.DataFrame) -> list[dict[str, Any]]:
+    """The paired differences that answer the paper's question, that one first, as shown."""
+    out = []
+    for value, ref in QUESTIONS:
+        sub = paired[(paired["label"] == value) & (paired["reference"] == ref)]
+        if sub.empty:
+            continue
+        n = int(sub["n"].max())
+        note = sub["note"].iloc[0]
+        if n < 5:
+            note += (
+                f"; with n={n} the bootstrap CI is about the range of the per-seed differences "
+                "and undercovers, so read 'excludes 0' as descriptive"
+            )
+        rows = [
+            {
+                "metric": r["metric"].removeprefix("test_"),
+                "mean_diff": f"{r['mean_diff']:+.3g}",
+                "ci": f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}]",
+                "p": f"{r['p_wilcoxon']:.2g}",
+                "excludes_zero": _excludes_zero(r),
+            }
+            for _, r in sub.iterrows()
         ]
-    parts.append("<h2>Figures</h2>")
-    for name, fig in figs:
-        parts.append(
-            f"<div class='fig' id='{name}'>{fig.to_html(full_html=False, include_plotlyjs=False)}</div>"
-        )
-    if notes:
-        parts.append(
-            "<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"
-        )
-    parts.append(
-        "<h2>Per-group summary</h2>"
-        + _df_html(summ[summ["metric"].isin([f"test_{m}" for m in KEY_METRICS])])
-        + "</body></html>"
-    )
-    return "\n".join(parts)
+        n_excluding = sum(r["excludes_zero"] for r in rows)
+        out.append({"value": value, "reference": ref, "n": n, "n_excluding": n_excluding,
+                    "note": note, "rows": rows})  # fmt: skip
+    return out
+
+
+def _table1_view(table: pd.DataFrame, columns) -> dict[str, Any]:
+    """Table 1's header and cells as shown: mean ± std (n), literature values as they are."""
+    rows = []
+    for _, rec in table.iterrows():
+        lit = str(rec["source"]).startswith("literature")
+        cells = [str(rec["row"]), str(rec["source"])]
+        for metric, _, scale in columns:
+            mean, std = rec[f"{metric}_mean"], rec[f"{metric}_std"]
+            if lit:
+                cells.append(f"{mean * scale:.3g}" if np.isfinite(mean) else "–")
+            else:
+                cells.append(format_mean_std(mean, std, int(rec[f"{metric}_n"]), scale=scale))
+        rows.append({"kind": "lit" if lit else "ours", "cells": cells})
+    return {"header": ["row", "source"] + [c[1] for c in columns], "rows": rows}
+
+
+def _pivot(land: pd.DataFrame, value: str) -> pd.DataFrame:
+    wide = land.pivot_table(index=["label", "seed"], columns="term", values=value).reset_index()
+    wide.columns.name = None
+    return wide
+
+
+def _df_html(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> Markup:
+    """pandas' HTML table (it escapes the cells), marked safe for the template."""
+    html = df.to_html(index=False, float_format=lambda v: floatfmt.format(v), border=0, na_rep="–")
+    return Markup(html)
+
+
+PAGE = Environment(
+    loader=PackageLoader("analysis", "templates"),
+    autoescape=select_autoescape(["html", "html.j2"]),
+    undefined=StrictUndefined,
+    keep_trailing_newline=True,
+).get_template("report.html.j2")
 
 
 def main(argv: list[str] | None = None) -> int:
