@@ -5,8 +5,8 @@ Every candidate is a zero-argument callable timed by ``benchmarks.timing.interle
 
 - one ``study.train.train_step`` per group (the trainer's step: same setup via
   ``setup_training``, same augmentation, losses, autocast, channels_last, compile), on one fixed
-  synthetic batch on the device; for a group with an invariance term also its joint variant
-  (``joint_views=True``: both views in one forward pass of 2B instead of two passes of B);
+  synthetic batch on the device; for a group with an invariance term also ``joint_step``, the
+  same step with both views in one forward pass of 2B instead of two passes of B;
 - with ``--feeds``, the first group fed from a resident split (``resident_batches``: index
   gather + float16 -> float32 on the device) and from host memory (``streamed_batches``);
 - the augmentation alone (D4 + background resampling of the batch, ``study.augment.augment``,
@@ -43,9 +43,9 @@ from study.config import GROUPS, PRESETS, Config, make_config
 from study.data.dataset import SplitData
 from study.data.stream import Batch, resident_batches, streamed_batches
 from study.errors import UserError
-from study.losses import flux_loss, flux_loss_reference
+from study.losses import flux_loss, flux_loss_reference, loss_terms, total_loss, weights_of
 from study.machine import pick_device
-from study.train import _torch_settings, setup_training, train_step
+from study.train import TERMS, augmented_views, setup_training, torch_settings, train_step
 
 # SDSS spectrograph: 3800-9200 A on a log-lambda grid of 1e-4 dex (3,840 pixels), the grid
 # the paper's in-graph integrals ran on.
@@ -85,6 +85,42 @@ def _config(preset: str, group: str, device: torch.device, args: argparse.Namesp
     return make_config(preset, group, overrides=over)
 
 
+def joint_step(
+    step_model: Callable[..., torch.Tensor],
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    batch: Batch,
+    edges: torch.Tensor,
+    gen: torch.Generator,
+    cfg: Config,
+) -> torch.Tensor:
+    """``study.train.train_step`` with both views in one forward pass of 2B (``g_inv > 0``).
+
+    As many self-supervised codes do: BatchNorm then pools the two views' statistics and
+    updates its running statistics once per step. The trainer keeps two passes of B (each
+    view normalised with its own batch statistics, as any training batch is; also faster on
+    the CPU, BENCHMARKS.md); this variant stays so that the GPU can be measured too. Same
+    augmentation draws, same loss terms and total (``study.losses``) as the trainer's step;
+    ``batch`` must already be float32 on the device (as ``synthetic_batch`` is).
+    """
+    x = batch.images
+    if x.is_cuda and cfg.run.channels_last:  # the trainer's layout (study.train._on_device)
+        x = x.contiguous(memory_format=torch.channels_last)
+    first, view = augmented_views(x, batch.background, gen, cfg)
+    assert view is not None, "joint_step needs loss.g_inv > 0 (a second view)"
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda and cfg.run.amp):
+        both = step_model(torch.cat([first, view]), torch.cat([batch.ebv, batch.ebv]))
+    logits, logits_view = both.chunk(2)  # (B, C) each
+    terms = loss_terms(
+        logits, batch.zs, edges, model, flux_table=batch.flux_table, logits_view=logits_view
+    )
+    total = total_loss(terms, weights_of(cfg.loss))
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    opt.step()
+    return torch.stack([terms[k].detach().float() for k in TERMS[:-1]] + [total.detach()])
+
+
 def step_candidates(
     cfgs: dict[str, Config], batch: Batch, device: torch.device, joint: bool
 ) -> tuple[dict[str, Callable[[], object]], dict[str, Any]]:
@@ -93,15 +129,15 @@ def step_candidates(
     fns: dict[str, Callable[[], object]] = {}
     state: dict[str, Any] = {}
     for group, cfg in cfgs.items():
-        variants = [(group, False)]
+        variants = [(group, train_step)]
         if joint and cfg.loss.g_inv > 0:
-            variants.append((f"{group}_joint", True))
-        for name, joint_views in variants:
+            variants.append((f"{group}_joint", joint_step))
+        for name, step in variants:
             model, step_model, opt = setup_training(cfg, device)
             gen = torch.Generator(device=device).manual_seed(0)
 
-            def fn(sm=step_model, m=model, o=opt, g=gen, c=cfg, j=joint_views, b=batch) -> object:
-                return train_step(sm, m, o, b, edges, g, c, joint_views=j)
+            def fn(sm=step_model, m=model, o=opt, g=gen, c=cfg, f=step, b=batch) -> object:
+                return f(sm, m, o, b, edges, g, c)
 
             fns[name] = fn
             state[name] = (model, opt)
@@ -264,7 +300,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise UserError(f"--groups: unknown group {g!r}; choose from {', '.join(GROUPS)}")
     cfgs = {g: _config(args.preset, g, device, args) for g in groups}
     first = cfgs[groups[0]]
-    with _torch_settings(first, device):
+    with torch_settings(first, device):
         if device.type == "cpu":
             torch.set_num_threads(args.threads or 1)
         batch = synthetic_batch(first.optim.batch_size, first.model.n_bins, device)

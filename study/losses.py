@@ -1,7 +1,9 @@
 """Loss terms (SPEC 2): each a small pure function returning a scalar tensor (a batch mean).
 
-Total: ``L = CE + g_l2 * ||theta||^2 + g_flux * P_flux + g_inv * P_inv + g_cde * P_cde``,
-formed by ``total_loss`` as one explicit weighted sum.
+Total: ``L = CE + g_l2 * ||theta||^2 + g_flux * P_flux + g_inv * P_inv + g_cde * P_cde``.
+The objective lives here once, for the trainer, the landscape and the benchmarks alike:
+``loss_terms`` gives every term of a batch, ``weights_of`` the weights of a loss config, and
+``total_loss`` their one explicit weighted sum.
 
 Shapes: ``p`` (B, C) probabilities (softmax of the logits), ``zs`` (B,) spectroscopic redshifts,
 ``edges`` (C + 1,) bin edges in redshift (a tensor on the same device, or anything
@@ -11,11 +13,15 @@ Shapes: ``p`` (B, C) probabilities (softmax of the logits), ``zs`` (B,) spectros
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from study.config import LossConfig
 
 
 def _edges(edges: torch.Tensor | Sequence[float], like: torch.Tensor) -> torch.Tensor:
@@ -149,17 +155,68 @@ def cde_loss(
     return ((f**2 * dz).sum(dim=1) - 2.0 * f_true).mean()
 
 
-def total_loss(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
-    """One explicit weighted sum ``sum_k weights[k] * terms[k]`` over the given terms.
+def loss_terms(
+    logits: torch.Tensor,
+    zs: torch.Tensor,
+    edges: torch.Tensor | Sequence[float],
+    model: nn.Module,
+    *,
+    flux_table: torch.Tensor | None = None,
+    logits_view: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Every term of SPEC 2 for one batch: ce, l2, flux, cde, inv, each a scalar tensor.
 
-    Every term needs a weight (e.g. ``{"ce": 1.0, "l2": 1e-6, "flux": 0.1}``); a missing one is
-    a ``KeyError`` rather than a silent zero.
+    A term that cannot be computed is NaN: ``flux`` without a flux table, ``inv`` without a
+    second view. The others are always computed (cheap functions of ``p``), so they can be
+    logged whatever their weight; ``total_loss`` leaves a zero-weighted term out of the sum,
+    so it costs no gradient.
+
+    Args:
+        logits: (B, C) network outputs for the batch (any float dtype, e.g. bf16 under
+            autocast; the terms are computed in float32).
+        zs: (B,) spectroscopic redshifts.
+        edges: (C + 1,) redshift bin edges.
+        model: the network (its kernels give ``l2``).
+        flux_table: (B, 5, C) the batch's T (``flux_loss``), or None.
+        logits_view: (B, C) the network's outputs for the second view ``Theta(B(x))`` of the
+            same galaxies (``invariance_loss``; gradients flow through both), or None.
+
+    Returns:
+        ``{"ce", "l2", "flux", "cde", "inv"}``, in the order ``total_loss`` adds them (the
+        order the trainer has always summed in: float addition is not associative, and a
+        reordered sum would change a run's numbers in the last bit).
     """
-    if not terms:
-        raise ValueError("total_loss: no terms")
+    p = torch.softmax(logits.float(), dim=1)  # (B, C)
+    nan = torch.full((), float("nan"), device=logits.device)
+    terms = {"ce": cross_entropy(logits, zs, edges), "l2": l2_penalty(model)}
+    terms["flux"] = flux_loss(p, flux_table) if flux_table is not None else nan
+    terms["cde"] = cde_loss(p, zs, edges)
+    if logits_view is None:
+        terms["inv"] = nan
+    else:
+        terms["inv"] = invariance_loss(p, torch.softmax(logits_view.float(), dim=1))
+    return terms
+
+
+def weights_of(loss: LossConfig) -> dict[str, float]:
+    """The weight of each term of ``loss_terms`` under a loss config (SPEC 2: CE's is 1)."""
+    return {"ce": 1.0, "l2": loss.g_l2, "flux": loss.g_flux, "inv": loss.g_inv, "cde": loss.g_cde}
+
+
+def total_loss(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
+    """One explicit weighted sum ``sum_k weights[k] * terms[k]``, over the terms with weight != 0.
+
+    Every term needs a weight (e.g. ``weights_of(cfg.loss)``); a missing one is a ``KeyError``
+    rather than a silent zero. A term whose weight is 0 is left out, not multiplied by 0: a
+    NaN term (``inv`` with no second view) then cannot poison the total, and backward never
+    reaches it. A NaN term with a nonzero weight gives a NaN total, as it should.
+    """
     missing = set(terms) - set(weights)
     if missing:
         raise KeyError(f"total_loss: no weight for term(s) {sorted(missing)}")
-    total = sum(weights[k] * v for k, v in terms.items())
+    weighted = [weights[k] * v for k, v in terms.items() if weights[k] != 0]
+    if not weighted:
+        raise ValueError("total_loss: no term with a nonzero weight")
+    total = sum(weighted)
     assert isinstance(total, torch.Tensor)
     return total

@@ -5,10 +5,12 @@ are index tensors into them (``batch_indices``), augmentation runs batched on th
 loss sums stay on the device until the end of the epoch (no host sync per step).
 
 Objective per step (SPEC 2): ``L = CE + g_l2 ||theta||^2 + g_flux P_flux + g_inv P_inv +
-g_cde P_cde``. Only the terms with a nonzero weight carry gradients; P_flux and P_cde are cheap
-functions of ``p`` and are always logged (under ``no_grad`` when their weight is 0); P_inv needs
-a second view of the batch (a second forward pass, see ``train_step``) and is logged only when
-``g_inv > 0`` (NaN otherwise).
+g_cde P_cde``, computed once, in ``study.losses`` (``loss_terms`` gives every term, ``total_loss``
+weighs them with ``weights_of(cfg.loss)``), the same functions the loss landscape and the
+benchmarks call. Only the terms with a nonzero weight enter the sum and carry gradients; P_flux
+(when the file has a flux table) and P_cde are cheap functions of ``p`` and are always logged;
+P_inv needs a second view of the batch (a second forward pass, see ``train_step``) and is logged
+only when ``g_inv > 0`` (NaN otherwise).
 
 The plateau schedule and the history's ``val_loss`` use the **validation cross entropy** (no
 augmentation, no penalty terms), the same number for every group, so groups are compared on the
@@ -53,14 +55,7 @@ from study.data.dataset import DatasetInfo, SplitData, batch_indices, load_split
 from study.data.stream import Batch, batches
 from study.errors import UserError
 from study.files import atomic_write, refuse_nonempty_dir
-from study.losses import (
-    cde_loss,
-    cross_entropy,
-    flux_loss,
-    invariance_loss,
-    l2_penalty,
-    total_loss,
-)
+from study.losses import cross_entropy, loss_terms, total_loss, weights_of
 from study.machine import device_name, git_commit, pick_device, require_cuda_for_paper
 from study.metrics import all_metrics
 from study.model import build_model
@@ -163,8 +158,11 @@ def _flat(cfg: Config) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _torch_settings(config: Config, device: torch.device) -> Iterator[None]:
-    """Deterministic kernels on CPU, thread count, TF32 on CUDA; restored afterwards."""
+def torch_settings(config: Config, device: torch.device) -> Iterator[None]:
+    """Deterministic kernels on CPU, thread count, TF32 on CUDA; restored afterwards.
+
+    Public so that ``benchmarks.step`` times the step under the trainer's own settings.
+    """
     det, warn_only = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
@@ -224,7 +222,7 @@ def train(
     _check_data(config, info)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "config.yaml", lambda p: save_yaml(config, p))
-    with _torch_settings(config, device):
+    with torch_settings(config, device):
         return _train(config, out, device, info, resume, on_epoch)
 
 
@@ -367,67 +365,52 @@ def train_step(
     edges: torch.Tensor,
     gen: torch.Generator,
     cfg: Config,
-    *,
-    joint_views: bool = False,
 ) -> torch.Tensor:
     """One optimiser step on ``batch``; returns the (len(TERMS),) detached loss terms.
 
     ``gen`` (on the device) draws the augmentations; ``model`` is the uncompiled module
-    (for the L2 sum), ``step_model`` the one to call (compiled or not).
-
-    With ``g_inv > 0`` the invariance term's second view ``Theta(B(x))`` goes through the
-    network in a second forward pass of B, so each view is normalised by BatchNorm with its own
-    batch statistics, exactly as a training batch is. ``joint_views=True`` instead forwards
-    both views as one batch of 2B (as many self-supervised codes do): BatchNorm then pools the
-    two views' statistics and updates its running statistics once per step. Both are sound
-    (the views are draws from the same galaxies); the two passes were measured faster on the
-    CPU (``python -m benchmarks.step``, BENCHMARKS.md) and are the paper's formula read
-    literally, so they are the default; the joint variant stays for the GPU benchmark. The
-    augmentation draws are the same in both.
+    (for the L2 sum), ``step_model`` the one to call (compiled or not). With ``g_inv > 0`` the
+    second view goes through the network in a second forward pass of B, so each view is
+    normalised by BatchNorm with its own batch statistics, exactly as a training batch is (the
+    paper's formula read literally; ``benchmarks.step`` also times one joint pass of 2B).
     """
-    w = cfg.loss
     x = _on_device(batch.images, edges.device, cfg)  # (B, 5, 64, 64) float32 nanomaggies
-    ebv, zs = batch.ebv, batch.zs
-    # the views of one batch share its sigma-clipped background stats (D4 leaves them unchanged;
-    # the sort behind them is most of the augmentation's cost): precomputed per image by the
-    # trainer (augment.background_stats), else computed once here for both views
-    stats: tuple[torch.Tensor, torch.Tensor] | None
-    if batch.background is not None:
-        stats = (batch.background[..., 0], batch.background[..., 1])  # (B, 5) each
-    else:
-        stats = sigma_clipped_stats(x) if w.augment and w.g_inv > 0 else None
-    first = augment(x, gen, stats) if w.augment else x
-    logits_view = None
+    first, view = augmented_views(x, batch.background, gen, cfg)
     with _autocast(x.device, cfg):
-        if w.g_inv > 0 and joint_views:
-            view = augment(x, gen, stats)  # Theta(B(x)): a second, independent draw
-            both = step_model(torch.cat([first, view]), torch.cat([ebv, ebv]))  # (2B, C)
-            logits, logits_view = both.chunk(2)
-        else:
-            logits = step_model(first, ebv)  # (B, C)
-    p = torch.softmax(logits.float(), dim=1)
-    terms = {"ce": cross_entropy(logits, zs, edges), "l2": l2_penalty(model)}
-    weights = {"ce": 1.0, "l2": w.g_l2, "flux": w.g_flux, "inv": w.g_inv, "cde": w.g_cde}
-    nan = torch.full((), float("nan"), device=x.device)
-    with torch.set_grad_enabled(w.g_flux > 0):
-        table = batch.flux_table
-        terms["flux"] = flux_loss(p, table) if table is not None else nan
-    with torch.set_grad_enabled(w.g_cde > 0):
-        terms["cde"] = cde_loss(p, zs, edges)
-    terms["inv"] = nan
-    if w.g_inv > 0:
-        if logits_view is None:  # the two-pass variant
-            view = augment(x, gen, stats)
-            with _autocast(x.device, cfg):
-                logits_view = step_model(view, ebv)
-        p_view = torch.softmax(logits_view.float(), dim=1)
-        terms["inv"] = invariance_loss(p, p_view)  # gradients through both views
-    active = {k: v for k, v in terms.items() if k in ("ce", "l2") or weights[k] > 0}
-    total = total_loss(active, weights)
+        logits = step_model(first, batch.ebv)  # (B, C)
+        logits_view = step_model(view, batch.ebv) if view is not None else None
+    terms = loss_terms(
+        logits, batch.zs, edges, model, flux_table=batch.flux_table, logits_view=logits_view
+    )
+    total = total_loss(terms, weights_of(cfg.loss))
     opt.zero_grad(set_to_none=True)
     total.backward()
     opt.step()
     return torch.stack([terms[k].detach().float() for k in TERMS[:-1]] + [total.detach()])
+
+
+def augmented_views(
+    x: torch.Tensor, background: torch.Tensor | None, gen: torch.Generator, cfg: Config
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The step's inputs: the batch as the network sees it, and the invariance term's view.
+
+    The first is ``augment(x)`` with ``loss.augment``, else ``x``; the second, with
+    ``g_inv > 0``, an independent draw ``Theta(B(x))`` (drawn after the first, from the same
+    ``gen``), else None. Every view of a batch uses the same sigma-clipped background stats
+    (D4 leaves them unchanged; the sort behind them is most of the augmentation's cost): the
+    batch's precomputed ones (``background``, (B, 5, 2), ``augment.background_stats``), else
+    computed here once for all views.
+    """
+    w = cfg.loss
+    if not (w.augment or w.g_inv > 0):
+        return x, None
+    if background is not None:
+        stats = (background[..., 0], background[..., 1])  # (B, 5) each
+    else:
+        stats = sigma_clipped_stats(x)
+    first = augment(x, gen, stats) if w.augment else x
+    view = augment(x, gen, stats) if w.g_inv > 0 else None
+    return first, view
 
 
 def _on_device(images: torch.Tensor, device: torch.device, cfg: Config) -> torch.Tensor:

@@ -89,7 +89,8 @@ def test_joint_views_equal_two_passes_without_batch_norm():
         model = PhotoZNet(_NoBatchNorm(), 4, n_bins=cfg.model.n_bins, hidden=8)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         gen = torch.Generator().manual_seed(1)
-        terms = train_step(model, model, opt, batch, edges, gen, cfg, joint_views=joint)
+        step = bench_step.joint_step if joint else train_step
+        terms = step(model, model, opt, batch, edges, gen, cfg)
         results.append((terms, [p.detach().clone() for p in model.parameters()]))
     (t1, w1), (t2, w2) = results
     torch.testing.assert_close(t1, t2, rtol=1e-5, atol=1e-6)
