@@ -31,7 +31,7 @@ import numpy as np
 
 
 def _tree_pss_mb(pid: int) -> float:
-    """Proportional set size (MB) of a process and its descendants, from /proc smaps_rollup."""
+    """Proportional set size (MB) of a process and its descendants (psutil's memory_full_info)."""
     import psutil
 
     total = 0.0
@@ -41,10 +41,8 @@ def _tree_pss_mb(pid: int) -> float:
         return 0.0
     for p in procs:
         try:
-            for line in Path(f"/proc/{p.pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += float(line.split()[1]) / 1024
-        except OSError:
+            total += p.memory_full_info().pss / 2**20
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return total
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from scipy.integrate import cumulative_trapezoid
 
 from study.data.layout import EXTINCTION_R
 from study.universe import sed
@@ -74,11 +75,11 @@ class Population:
         self.x = np.linspace(-7.0, 12.0, 19001)
         lum = 10 ** (-0.4 * self.x)
         phi = lum ** (ALPHA + 1) * np.exp(-lum)
-        self.psi = np.concatenate([[0.0], np.cumsum(0.5 * (phi[1:] + phi[:-1]) * np.diff(self.x))])
+        self.psi = cumulative_trapezoid(phi, self.x, initial=0.0)
         self.x_lim = m_lim - self.m_star(self.z)
         dvdz = sed.planck18("differential_comoving_volume", self.z)  # Mpc^3 / sr
         pz = dvdz * np.interp(self.x_lim, self.x, self.psi)
-        cdf = np.concatenate([[0.0], np.cumsum(0.5 * (pz[1:] + pz[:-1]) * np.diff(self.z))])
+        cdf = cumulative_trapezoid(pz, self.z, initial=0.0)
         self.z_cdf = sed.round32(cdf / cdf[-1])
         self.x_lim = sed.round32(self.x_lim)
         self.psi = sed.round32(self.psi / self.psi[-1])

@@ -55,14 +55,7 @@ KAPPA_MAX = 300.0  # largest k r_e of the de Vaucouleurs table (k <= pi sqrt 2, 
 TABLE_SIZE = 2048
 
 
-_DEVAUC: list[np.ndarray] = []  # devauc_table's memo (universe.warm_tables may fill it)
-
-
-def set_devauc_table(table: np.ndarray) -> None:
-    """Hand in ``devauc_table()`` as computed by another process (same bits)."""
-    _DEVAUC[:] = [np.asarray(table, np.float64)]
-
-
+@functools.cache
 def devauc_table() -> np.ndarray:
     """Normalised 2-D Fourier transform of the de Vaucouleurs profile on kappa = k r_e.
 
@@ -73,16 +66,13 @@ def devauc_table() -> np.ndarray:
     Returns:
         (TABLE_SIZE,) float64 on sqrt(kappa) = linspace(0, sqrt(KAPPA_MAX), TABLE_SIZE).
     """
-    if _DEVAUC:
-        return _DEVAUC[0]
     b4 = gammaincinv(8, 0.5)
     t = np.linspace(0.0, 3.5, 8001)[1:]
     weight = np.exp(-b4 * t) * 4 * t**7
     kappa = np.linspace(0.0, KAPPA_MAX**0.5, TABLE_SIZE) ** 2
     r = t**4
     out = np.array([(j0(k * r) * weight).sum() for k in kappa])
-    set_devauc_table(out / weight.sum())
-    return _DEVAUC[0]
+    return out / weight.sum()
 
 
 def _exp_ft(s: np.ndarray) -> np.ndarray:

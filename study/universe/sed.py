@@ -67,24 +67,17 @@ def templates() -> tuple[np.ndarray, np.ndarray]:
     return wave[keep], np.ascontiguousarray(flux[:, keep])
 
 
-PLANCK18: dict[tuple, np.ndarray] = {}  # memo of planck18(); universe.warm_tables fills it
-
-
 def planck18(quantity: str, z: np.ndarray) -> np.ndarray:
-    """astropy's ``Planck18.<quantity>(z)`` in Mpc (distances) or Mpc^3/sr (volume), memoised.
+    """astropy's ``Planck18.<quantity>(z)`` in Mpc (distances) or Mpc^3/sr (volume), float64.
 
-    The memo is keyed by the quantity and the grid, so ``universe.warm_tables`` can compute
-    the grids it needs in a helper process (importing astropy.cosmology alone takes ~0.5 s)
-    while this one builds the other tables, and hand the same float64 values back.
+    Its callers (``distance_table``, ``population()``) are cached, so each grid is computed once
+    per process.
     """
-    key = (quantity, z.size, float(z[0]), float(z[-1]))
-    if key not in PLANCK18:
-        from astropy.cosmology import Planck18
+    from astropy.cosmology import Planck18  # ~0.5 s to import: only when a table is first built
 
-        value = getattr(Planck18, quantity)(z)
-        unit = "Mpc3 / sr" if quantity == "differential_comoving_volume" else "Mpc"
-        PLANCK18[key] = np.asarray(value.to_value(unit), np.float64)
-    return PLANCK18[key]
+    value = getattr(Planck18, quantity)(z)
+    unit = "Mpc3 / sr" if quantity == "differential_comoving_volume" else "Mpc"
+    return np.asarray(value.to_value(unit), np.float64)
 
 
 DISTANCE_Z = np.linspace(0.0, 0.6, 6001)  # grid of distance_table (dz = 1e-4)
