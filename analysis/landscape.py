@@ -172,41 +172,46 @@ class LandscapeBatch:
 def photoz_evaluator(
     batch: LandscapeBatch, weights: dict[str, float], *, chunk: int = 256
 ) -> Evaluator:
-    """Evaluator of every loss term (batch means over all galaxies) and the weighted total."""
+    """Evaluator of every loss term and the total: the trainer's own objective, on fixed galaxies.
+
+    Each term and the total come from ``study.losses.loss_terms`` and ``total_loss`` (with
+    ``weights``, e.g. ``loss_weights(config)``), the functions ``study.train.train_step``
+    calls, so the landscape of the total is the loss that was trained. Unlike a training step:
+    the model runs in eval mode (BatchNorm's running statistics, a deterministic function of
+    the weights), the first view is the plain images and the invariance term's view is the
+    batch's fixed ``view``. Batch means over all galaxies, computed ``chunk`` galaxies at a time
+    and averaged weighted by chunk size (one chunk: exactly the trainer's values).
+    """
 
     @torch.no_grad()
     def evaluate(model: nn.Module) -> dict[str, float]:
         model.eval()
         n = batch.zs.shape[0]
-        sums = dict.fromkeys(("ce", "flux", "inv", "cde"), 0.0)
+        means = dict.fromkeys(TERMS, 0.0)
         for s in range(0, n, chunk):
             sl = slice(s, min(s + chunk, n))
-            w = (sl.stop - sl.start) / n
-            logits = model(batch.images[sl], batch.ebv[sl]).float()
-            p = torch.softmax(logits, dim=1)
-            p_view = torch.softmax(model(batch.view[sl], batch.ebv[sl]).float(), dim=1)
-            sums["ce"] += w * float(losses.cross_entropy(logits, batch.zs[sl], batch.edges))
-            sums["inv"] += w * float(losses.invariance_loss(p, p_view))
-            sums["cde"] += w * float(losses.cde_loss(p, batch.zs[sl], batch.edges))
-            if batch.flux_table is not None:
-                sums["flux"] += w * float(losses.flux_loss(p, batch.flux_table[sl]))
-        if batch.flux_table is None:
-            sums["flux"] = float("nan")
-        sums["l2"] = float(losses.l2_penalty(model))
-        total = sums["ce"] + sum(
-            weights.get(k, 0.0) * sums[k]
-            for k in ("l2", "flux", "inv", "cde")
-            if weights.get(k, 0.0)
-        )
-        return {**sums, "total": total}
+            table = batch.flux_table[sl] if batch.flux_table is not None else None
+            terms = losses.loss_terms(
+                model(batch.images[sl], batch.ebv[sl]),
+                batch.zs[sl],
+                batch.edges,
+                model,
+                flux_table=table,  # None: flux is NaN
+                logits_view=model(batch.view[sl], batch.ebv[sl]),
+            )
+            terms["total"] = losses.total_loss(terms, weights)
+            for k, v in terms.items():
+                means[k] += (sl.stop - sl.start) / n * float(v)
+        return means
 
     return evaluate
 
 
 def loss_weights(config: dict) -> dict[str, float]:
-    """The run's loss weights {l2, flux, inv, cde} from its resolved config dict."""
-    loss = config.get("loss", {})
-    return {k: float(loss.get(f"g_{k}", 0.0)) for k in ("l2", "flux", "inv", "cde")}
+    """The run's weight of every loss term (``study.losses.weights_of``) from its config dict."""
+    from study.config import config_from_dict
+
+    return losses.weights_of(config_from_dict(config).loss)
 
 
 def load_batch(

@@ -9,7 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis.landscape import (
+    TERMS,
     LandscapeBatch,
+    load_batch,
+    loss_weights,
     normalize_filters_,
     photoz_evaluator,
     random_direction,
@@ -18,6 +21,8 @@ from analysis.landscape import (
     summarize_frame,
     summarize_slice,
 )
+from study.config import apply_overrides, config_from_dict
+from study.data.stream import Batch
 from study.model import build_model
 
 
@@ -68,7 +73,7 @@ def _batch(n_bins=12, n=10):
 
 def test_slice_at_zero_equals_loss_on_batch():
     model, batch = _tiny(), _batch()
-    weights = {"l2": 1e-6, "flux": 0.1, "inv": 0.2, "cde": 0.3}
+    weights = {"ce": 1.0, "l2": 1e-6, "flux": 0.1, "inv": 0.2, "cde": 0.3}
     before = [p.detach().clone() for p in model.parameters()]
     d = random_direction(model, torch.Generator().manual_seed(3))
     s = slice_1d(model, photoz_evaluator(batch, weights, chunk=4), d, np.array([-0.5, 0.0, 0.5]))
@@ -99,6 +104,44 @@ def test_slice_at_zero_equals_loss_on_batch():
     total = ce + 1e-6 * l2 + 0.1 * flux + 0.2 * inv + 0.3 * cde
     assert at0["total"] == pytest.approx(total, rel=1e-5)
     assert s["ce"].iloc[0] != pytest.approx(ce)  # moving along d changes the loss
+
+
+def test_landscape_origin_is_the_trainers_loss_term_by_term(tmp_path):
+    """At the origin, the landscape's terms and total are train_step's, on a trained tiny run.
+
+    Both go through study.losses (loss_terms, total_loss, the run's weights). Made comparable:
+    the same mode (eval: train_step does not set it, so the model is put in eval mode first,
+    as the evaluator does), the same view (the landscape's fixed view is
+    ``augment(images, Generator().manual_seed(seed))``; train_step with ``loss.augment=False``
+    forwards the plain images, as the landscape does, and draws its invariance view first from
+    a generator with the same seed), and one chunk (no averaging over chunks). Then every
+    value is the same float32 computation, so they agree exactly.
+    """
+    from test_train import make_file, tiny
+
+    from analysis.results import load_trained_model
+    from study.train import TERMS as TRAIN_TERMS
+    from study.train import train, train_step
+
+    data = make_file(tmp_path / "d.h5", n=120)
+    train(tiny(data, "constrained"), tmp_path / "run")
+    config, model = load_trained_model(tmp_path / "run")
+    batch = load_batch(config, tmp_path / "run", n_galaxies=16, seed=5)
+    at0 = photoz_evaluator(batch, loss_weights(config), chunk=16)(model)
+
+    cfg = apply_overrides(config_from_dict(config), {"loss.augment": False})
+    assert cfg.loss.g_flux > 0 and cfg.loss.g_inv > 0 and cfg.loss.g_cde > 0
+    trainer_batch = Batch(batch.images, batch.ebv, batch.zs, batch.flux_table)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the values are those before the step
+    model.eval()
+    step = train_step(
+        model, model, opt, trainer_batch, batch.edges, torch.Generator().manual_seed(5), cfg
+    )
+    trainer = dict(zip(TRAIN_TERMS, step.tolist(), strict=True))
+    assert set(trainer) == set(TERMS)
+    for term in TERMS:
+        assert np.isfinite(trainer[term]), term
+        assert at0[term] == trainer[term], term
 
 
 class _Quadratic(nn.Module):
@@ -148,7 +191,7 @@ def test_summarize_slice_hand_values():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_slice_on_gpu_matches_cpu():
     model, batch = _tiny(), _batch()
-    weights = {"l2": 1e-6, "flux": 0.1, "inv": 0.1, "cde": 0.1}
+    weights = {"ce": 1.0, "l2": 1e-6, "flux": 0.1, "inv": 0.1, "cde": 0.1}
     d = random_direction(model, torch.Generator().manual_seed(3))
     alphas = np.array([-0.5, 0.0, 0.5])
     cpu = slice_1d(model, photoz_evaluator(batch, weights), d, alphas)

@@ -18,7 +18,9 @@ from study.losses import (
     flux_loss_reference,
     invariance_loss,
     l2_penalty,
+    loss_terms,
     total_loss,
+    weights_of,
 )
 
 EDGES = torch.linspace(0.0, 0.4, 181, dtype=torch.float64)
@@ -67,6 +69,48 @@ def test_total_loss_is_the_weighted_sum():
     assert total_loss(terms, weights).item() == pytest.approx(2.0 + 3e-4 + 0.05)
     with pytest.raises(KeyError):
         total_loss({"inv": torch.tensor(1.0)}, weights)
+
+
+def test_zero_weighted_nan_term_neither_poisons_the_total_nor_gets_a_gradient():
+    x = torch.tensor(2.0, requires_grad=True)
+    y = torch.tensor(3.0, requires_grad=True)
+    terms = {"ce": x, "l2": y * y, "inv": torch.tensor(float("nan"))}
+    total = total_loss(terms, {"ce": 1.0, "l2": 0.0, "inv": 0.0})
+    assert total.item() == 2.0
+    total.backward()
+    assert x.grad.item() == 1.0 and y.grad is None  # the zero-weighted term is not in the graph
+    assert torch.isnan(total_loss(terms, {"ce": 1.0, "l2": 0.0, "inv": 0.5}))  # weighted NaN
+
+
+def test_loss_terms_are_the_single_terms_and_nan_where_not_computable():
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 180))
+    logits = model(torch.randn(5, 4, generator=g))
+    view = model(torch.randn(5, 4, generator=g))
+    zs = torch.rand(5, generator=g) * 0.4
+    table = 0.5 + torch.rand(5, 5, 180, generator=g)
+    edges = EDGES.float()
+    p, pv = torch.softmax(logits, 1), torch.softmax(view, 1)
+    t = loss_terms(logits, zs, edges, model, flux_table=table, logits_view=view)
+    assert set(t) == {"ce", "l2", "flux", "inv", "cde"}
+    torch.testing.assert_close(t["ce"], cross_entropy(logits, zs, edges))
+    torch.testing.assert_close(t["l2"], l2_penalty(model))
+    torch.testing.assert_close(t["flux"], flux_loss(p, table))
+    torch.testing.assert_close(t["inv"], invariance_loss(p, pv))
+    torch.testing.assert_close(t["cde"], cde_loss(p, zs, edges))
+    bare = loss_terms(logits, zs, edges, model)  # no flux table, no second view
+    assert torch.isnan(bare["flux"]) and torch.isnan(bare["inv"])
+    weights = {"ce": 1.0, "l2": 1e-6, "flux": 0.0, "inv": 0.0, "cde": 0.1}
+    want = t["ce"] + 1e-6 * t["l2"] + 0.1 * t["cde"]
+    torch.testing.assert_close(total_loss(bare, weights), want)
+
+
+def test_weights_of_a_loss_config():
+    from study.config import make_config
+
+    loss = make_config("tiny", "constrained").loss
+    w = weights_of(loss)
+    assert w == {"ce": 1.0, "l2": loss.g_l2, "flux": 0.1, "inv": 0.1, "cde": 0.1}
 
 
 class _PixelStatsNet(nn.Module):
