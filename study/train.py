@@ -86,12 +86,13 @@ def resolve_device(config: Config) -> torch.device:
 
 def _data_file(config: Config, data: str | os.PathLike | None) -> Path:
     """The file to train on: ``data``, else ``config.data.path``; it must exist."""
-    if data is None and config.data.path is None:
+    given = data if data is not None else config.data.path
+    if given is None:
         raise UserError(
             "no dataset: data.path is unset and train() builds none; pass --data FILE.h5, or "
             "resolve the default universe first (study.universe.build.resolve_data)"
         )
-    path = Path(data if data is not None else config.data.path)
+    path = Path(given)
     if not path.is_file():
         raise UserError(f"{path}: data file not found; fix --data (or data.path)")
     return path

@@ -375,8 +375,8 @@ def write_results(study_dir: str | Path) -> pd.DataFrame:
     """Write ``frame.parquet`` and ``history.parquet`` (atomically) and return the frame."""
     study_dir = Path(study_dir)
     frame, history = build_frame(study_dir)
-    for name, df in (("frame.parquet", frame), ("history.parquet", history)):
-        atomic_write(study_dir / name, lambda p, df=df: df.to_parquet(p, index=False))
+    atomic_write(study_dir / "frame.parquet", lambda p: frame.to_parquet(p, index=False))
+    atomic_write(study_dir / "history.parquet", lambda p: history.to_parquet(p, index=False))
     return frame
 
 
