@@ -26,7 +26,6 @@ from study.errors import UserError
 from study.model import build_model
 from study.train import TERMS, train, train_step
 from study.train_cli import main
-from study.universe.build import resolve_data
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = set(SPEC3_METRICS)  # SPEC 3: the metric names, fixed
@@ -284,6 +283,8 @@ def test_demo_preset_learns_on_a_small_universe(tmp_path, monkeypatch):
     """The demo preset as shipped (its own 4,000-galaxy universe, built into an empty cache)
     beats predicting the training n(z) for everyone by a wide margin. ~1-2 min on one core."""
     monkeypatch.setenv("PHOTOZ_CACHE", str(tmp_path / "cache"))
+    from study.universe.build import resolve_data  # the edge's job: the core builds no dataset
+
     cfg = make_config("demo", "baseline", overrides={"run.progress": False, "run.threads": 1})
     res = train(cfg, tmp_path / "run", data=resolve_data(cfg))
     data = Path(res.metrics["data"])
