@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_universe_parser(sub)
+    from study.data.aperture import add_photometry_parser
+
+    add_photometry_parser(sub)
     return parser
 
 
