@@ -129,9 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_split)
 
+    from study.data.aperture import add_photometry_parser
     from study.universe.build import add_universe_parser
 
     add_universe_parser(sub)
+    add_photometry_parser(sub)
     return parser
 
 

@@ -118,7 +118,14 @@ _DTYPES = {
     "id": ("int64",),
     "images": ("float32", "float16"),
     "flux_table": ("float32",),
+    "phot": ("float32",),
+    "phot_err": ("float32",),
 }
+OPTIONAL_DATASETS = (
+    "flux_table",
+    "phot",
+    "phot_err",
+)  # may be absent; checked and hashed when present
 _REBUILD = "rebuild it with `python -m study.data convert` or `python -m study.data universe`"
 
 
@@ -133,9 +140,9 @@ def _structure(f: h5py.File, p: Path) -> DatasetInfo:
     if f.attrs["bands"] != BANDS:
         raise UserError(f"{p}: attribute 'bands' is {f.attrs['bands']!r}, expected 'ugriz'")
     edges = check_edges(f.attrs["bin_edges"], str(p))
-    for name in (*CORE_DATASETS, "flux_table"):
+    for name in (*CORE_DATASETS, *OPTIONAL_DATASETS):
         if name not in f:
-            if name == "flux_table":
+            if name in OPTIONAL_DATASETS:
                 continue
             raise UserError(f"{p}: dataset '{name}' is missing; {_REBUILD}")
         if not isinstance(f[name], h5py.Dataset) or f[name].dtype.name not in _DTYPES[name]:
@@ -143,6 +150,11 @@ def _structure(f: h5py.File, p: Path) -> DatasetInfo:
             raise UserError(
                 f"{p}: dataset '{name}' has dtype {got}, expected {'/'.join(_DTYPES[name])}; {_REBUILD}"
             )
+    if ("phot" in f) != ("phot_err" in f):
+        raise UserError(
+            f"{p}: datasets 'phot' and 'phot_err' come together, only one is present; "
+            "add both with `python -m study.data photometry` on a file without them"
+        )
     n = f["zs"].shape[0] if f["zs"].ndim == 1 else -1
     c = edges.size - 1
     expect = {
@@ -153,6 +165,8 @@ def _structure(f: h5py.File, p: Path) -> DatasetInfo:
         "split": (n,),
         "id": (n,),
         "flux_table": (n, 5, c),
+        "phot": (n, 5),
+        "phot_err": (n, 5),
     }
     for name, shape in expect.items():
         if name in f and f[name].shape != shape:
@@ -214,7 +228,8 @@ def validate(path: str | os.PathLike, check_hash: bool = True) -> DatasetInfo:
     NaN (unknown), never inf; ``split`` in {0, 1, 2} with all three splits non-empty; ``id``
     unique; ``flux_table`` finite, except that a whole band row ``flux_table[i, b, :]`` may be
     NaN, meaning band b is unusable for galaxy i (its Phi'_b(1) <= 0): the flux loss masks such
-    rows. With ``check_hash`` the content is re-hashed and compared with ``content_hash``.
+    rows. ``phot``/``phot_err`` (optional, together) finite or NaN, errors >= 0. With
+    ``check_hash`` the content is re-hashed and compared with ``content_hash``.
     Each message names the file, the dataset, the first bad index and the fix.
     """
     p = Path(path)
@@ -222,7 +237,7 @@ def validate(path: str | os.PathLike, check_hash: bool = True) -> DatasetInfo:
         info = _structure(f, p)
         edges = info.bin_edges
         hashes = {}
-        names = sorted(k for k in (*CORE_DATASETS, "flux_table") if k in f)
+        names = sorted(k for k in (*CORE_DATASETS, *OPTIONAL_DATASETS) if k in f)
         names += [f"truth/{k}" for k in info.truth_fields]
         for name in sorted(names):
             h = hashlib.sha256()
@@ -278,6 +293,10 @@ def _check_rows(p: Path, name: str, s: int, a: np.ndarray, edges: np.ndarray) ->
         _first_bad(p, name, np.isinf(a).any(axis=1), s, "is infinite (use NaN for unknown)", regen)
     elif name == "split":
         _first_bad(p, name, a > 2, s, "is not 0/1/2", "redraw it with `python -m study.data split`")
+    elif name in ("phot", "phot_err"):  # measured photometry: finite, or NaN where unmeasured
+        bad = np.isinf(a).any(axis=1) | ((a < 0).any(axis=1) if name == "phot_err" else False)
+        fix = "measure it again: `python -m study.data photometry` on the file without it"
+        _first_bad(p, name, bad, s, "is infinite (or a negative error)", fix)
     elif name == "flux_table":
         nan = np.isnan(a)
         partial = nan.any(axis=2) & ~nan.all(axis=2)

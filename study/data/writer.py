@@ -58,7 +58,7 @@ def draw_split(
     return split
 
 
-def _dcpl(chunks: tuple[int, ...] | None) -> h5py.h5p.PropDCID:
+def dataset_properties(chunks: tuple[int, ...] | None) -> h5py.h5p.PropDCID:
     """Dataset creation properties: no timestamps, chunks allocated up front in index order."""
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     if chunks is not None:
@@ -154,7 +154,9 @@ class DatasetWriter:
                 self.file.create_group("truth", track_times=False)
             space = h5py.h5s.create_simple(shape)
             tid = h5py.h5t.py_create(dtype, logical=True)
-            h5py.h5d.create(self.file.id, name.encode(), tid, space, dcpl=_dcpl(chunks))
+            h5py.h5d.create(
+                self.file.id, name.encode(), tid, space, dcpl=dataset_properties(chunks)
+            )
         return self
 
     def write(
