@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from study.data.aperture import PHOT_ATTRS
 from study.data.dataset import (
     DatasetWriter,
     batch_indices,
     draw_split,
     load_split,
     read_info,
+    resplit,
     validate,
     write_dataset,
 )
@@ -83,6 +85,58 @@ def test_identical_content_gives_identical_bytes(tmp_path):
     assert (tmp_path / "a.h5").read_bytes() == (tmp_path / "b.h5").read_bytes()
     write(tmp_path / "c.h5", zs=a["zs"] * 0.5)
     assert read_info(tmp_path / "c.h5").content_hash != read_info(tmp_path / "a.h5").content_hash
+
+
+def _phot(n: int = 40) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(5)
+    return {"phot": rng.normal(10, 3, (n, 5)), "phot_err": rng.uniform(0.1, 1, (n, 5))}
+
+
+def test_phot_is_optional_stored_and_hashed(tmp_path):
+    # Without phot the writer's bytes are unchanged: checked once by hand against the writer of
+    # commit 569a96d (a fixed 40-galaxy write_dataset call gave the same SHA-256 of the file).
+    bare = write(tmp_path / "bare.h5")
+    with h5py.File(bare) as f:
+        assert "phot" not in f and "phot_err" not in f
+    assert not validate(bare).has_phot
+    p = _phot()
+    path = write(tmp_path / "p.h5", **p)
+    info = validate(path)  # the hash covers phot/phot_err
+    assert info.has_phot and info.content_hash != validate(bare).content_hash
+    with h5py.File(path) as f, h5py.File(bare) as g:
+        for name in ("phot", "phot_err"):
+            assert f[name].dtype == np.float32 and f[name].shape == (40, 5)
+            np.testing.assert_array_equal(f[name][:], p[name].astype(np.float32))
+            assert dict(f[name].attrs) == PHOT_ATTRS
+        for name in g:  # everything else as in the file without them
+            if isinstance(g[name], h5py.Dataset):
+                assert f[name][:].tobytes() == g[name][:].tobytes(), name
+    _edit(path, "phot_err", (3, 2), 2.0)
+    with pytest.raises(UserError, match="'content_hash' does not match"):
+        validate(path)
+    with pytest.raises(ValueError, match="phot and phot_err come together"):
+        write(tmp_path / "half.h5", phot=p["phot"])
+    kwargs = dict(bin_edges=EDGES, source="synthetic", data_seed=0, with_phot=True)
+    with pytest.raises(ValueError, match="pass phot= and phot_err="):
+        with DatasetWriter(tmp_path / "w.h5", 40, **kwargs) as w:
+            w.write(
+                0, **{k: v for k, v in make_arrays().items() if k not in ("flux_table", "truth")}
+            )
+    assert not (tmp_path / "w.h5").exists()
+
+
+def test_resplit_keeps_every_dataset_and_phot(tmp_path):
+    src = write(tmp_path / "p.h5", **_phot())
+    new = resplit(src, tmp_path / "s.h5", data_seed=4)
+    info = validate(new)
+    assert info.data_seed == 4 and info.has_phot
+    with h5py.File(src) as f, h5py.File(new) as g:
+        assert not np.array_equal(f["split"][:], g["split"][:])
+        for name in ("images", "zs", "flux_table", "truth/coef", "phot", "phot_err"):
+            assert f[name][:].tobytes() == g[name][:].tobytes(), name
+        assert dict(g["phot"].attrs) == PHOT_ATTRS
+    bare = resplit(write(tmp_path / "b.h5"), tmp_path / "bs.h5", data_seed=4)
+    assert not validate(bare).has_phot
 
 
 def test_draw_split_sizes_and_seed():

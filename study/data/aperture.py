@@ -57,7 +57,17 @@ SIGMA = 3.0  # sigma-clipping threshold (astropy SigmaClip's default)
 MAXITERS = 10  # sigma-clipping passes at most (astropy SigmaClip's default)
 MEDIAN_VAR = np.pi / 2  # variance of a large sample's median / variance of its mean (Gaussian)
 BLOCK = 1024  # galaxies per internal block of `measure`: ~25 MB of sorted annulus pixels
-MEASURED = ("phot", "phot_err")  # the datasets this module adds
+MEASURED = ("phot", "phot_err")  # the datasets this module measures
+# the attributes of both datasets, wherever they are written (here, and study.data.writer for
+# the universe and the converters)
+PHOT_ATTRS = {
+    "unit": "nanomaggies",
+    "method": (
+        f"photutils circular aperture r={RADIUS_PX:g} px at (32, 32), exact weights; "
+        f"background: 3-sigma-clipped median of the {ANNULUS_PX[0]:g}-{ANNULUS_PX[1]:g} px "
+        "annulus (study.data.aperture)"
+    ),
+}
 
 
 @functools.lru_cache(maxsize=8)
@@ -218,18 +228,10 @@ def _check_input(src: Path, dst: Path, overwrite: bool) -> Any:
 
 def _create_measured(f: h5py.File, n: int) -> None:
     """Empty ``phot``/``phot_err`` (n, 5) float32, allocated up front, without timestamps."""
-    from study.data.writer import dataset_properties
+    from study.data.writer import create_dataset
 
     for name in MEASURED:
-        space = h5py.h5s.create_simple((n, 5))
-        tid = h5py.h5t.py_create(np.dtype("<f4"), logical=True)
-        h5py.h5d.create(f.id, name.encode(), tid, space, dcpl=dataset_properties(None))
-        f[name].attrs["unit"] = "nanomaggies"
-        f[name].attrs["method"] = (
-            f"photutils circular aperture r={RADIUS_PX:g} px at (32, 32), exact weights; "
-            f"background: 3-sigma-clipped median of the {ANNULUS_PX[0]:g}-{ANNULUS_PX[1]:g} px "
-            "annulus (study.data.aperture)"
-        )
+        create_dataset(f, name, (n, 5), np.dtype("<f4"), None, PHOT_ATTRS)
 
 
 def _digest(ds: h5py.Dataset, on_block: Callable[[int, np.ndarray], None] | None = None) -> Any:

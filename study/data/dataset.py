@@ -3,7 +3,9 @@
 Layout (SPEC 5): ``images`` (N, 5, 64, 64) float32/float16 nanomaggies, ``zs`` float64 (N,),
 ``ebv`` float32 (N,), ``flux`` float32 (N, 5) (NaN where unknown), optional ``flux_table``
 float32 (N, 5, C), ``split`` uint8 (N,) (0 train, 1 validation, 2 test), ``id`` int64 (N,),
-optional group ``truth/`` (synthetic data only). File attributes: ``format``, ``bands``,
+optional ``phot``/``phot_err`` float32 (N, 5) (measured aperture photometry, nanomaggies:
+``study.data.aperture``; written by the universe and the converters), optional group
+``truth/`` (synthetic data only). File attributes: ``format``, ``bands``,
 ``bin_edges``, ``pixel_scale_arcsec``, ``source``, ``data_seed``, ``content_hash``.
 
 Writing lives in ``study.data.writer`` (re-exported here): identical content gives a
@@ -77,6 +79,7 @@ class DatasetInfo:
     image_dtype: str  # "float32" or "float16"
     pixel_scale_arcsec: float = 0.396
     truth_fields: list[str] = field(default_factory=list)
+    has_phot: bool = False  # measured photometry phot/phot_err (both or neither)
 
 
 @dataclass
@@ -192,6 +195,7 @@ def _structure(f: h5py.File, p: Path) -> DatasetInfo:
         image_dtype=f["images"].dtype.name,
         pixel_scale_arcsec=float(f.attrs["pixel_scale_arcsec"]),
         truth_fields=truth,
+        has_phot="phot" in f,
     )
 
 
@@ -397,7 +401,10 @@ def batch_indices(
 def resplit(
     src: str | os.PathLike, out: str | os.PathLike, data_seed: int, *, overwrite: bool = False
 ) -> Path:
-    """Copy ``src`` to a new file ``out`` with the split redrawn from ``data_seed``."""
+    """Copy ``src`` to a new file ``out`` with the split redrawn from ``data_seed``.
+
+    Every dataset is carried over as it is (``phot``/``phot_err`` too, when ``src`` has them).
+    """
     src, out = Path(src), refuse_existing(out, overwrite=overwrite, source=src)
     info = read_info(src)
     split = draw_split(info.n, data_seed)
@@ -412,6 +419,7 @@ def resplit(
             pixel_scale_arcsec=info.pixel_scale_arcsec,
             image_dtype=info.image_dtype,
             with_flux_table=info.has_flux_table,
+            with_phot=info.has_phot,
             truth=truth,
             overwrite=overwrite,
         )
@@ -419,6 +427,7 @@ def resplit(
             for s in range(0, info.n, READ_ROWS):
                 rows = slice(s, s + READ_ROWS)
                 table = f["flux_table"][rows] if info.has_flux_table else None
+                phot = {k: f[k][rows] for k in ("phot", "phot_err")} if info.has_phot else {}
                 writer.write(
                     s,
                     images=f["images"][rows],
@@ -429,5 +438,6 @@ def resplit(
                     ids=f["id"][rows],
                     flux_table=table,
                     truth={k: f[f"truth/{k}"][rows] for k in info.truth_fields},
+                    **phot,
                 )
     return out

@@ -19,13 +19,14 @@ from typing import Any
 import h5py
 import numpy as np
 
+from study.data.aperture import MEASURED, PHOT_ATTRS  # numpy/h5py only (photutils: lazily)
 from study.data.layout import BANDS, FORMAT, IMAGE_SHAPE, SOURCES
 from study.errors import UserError
 from study.files import refuse_existing, temporary_path
 
 IMAGE_CHUNK = 32  # galaxies per HDF5 chunk of `images`: 32 x 80 KiB = 2.6 MB (float32)
 READ_ROWS = 4096  # galaxies per read when scanning or loading: ~330 MB of float32 images
-CORE_DATASETS = (  # every file has these; flux_table and truth/ are optional
+CORE_DATASETS = (  # every file has these; flux_table, phot/phot_err and truth/ are optional
     "images",
     "zs",
     "ebv",
@@ -69,6 +70,22 @@ def dataset_properties(chunks: tuple[int, ...] | None) -> h5py.h5p.PropDCID:
     return dcpl
 
 
+def create_dataset(
+    f: h5py.File,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    chunks: tuple[int, ...] | None,
+    attrs: Mapping[str, Any] | None = None,
+) -> None:
+    """An empty dataset with ``dataset_properties(chunks)``, then its attributes in order."""
+    space = h5py.h5s.create_simple(shape)
+    tid = h5py.h5t.py_create(dtype, logical=True)
+    h5py.h5d.create(f.id, name.encode(), tid, space, dcpl=dataset_properties(chunks))
+    for key, value in (attrs or {}).items():
+        f[name].attrs[key] = value
+
+
 def check_edges(bin_edges: Any, where: str) -> np.ndarray:
     edges = np.asarray(bin_edges, np.float64)
     if edges.ndim != 1 or edges.size < 2 or not np.all(np.isfinite(edges)):
@@ -88,7 +105,10 @@ class DatasetWriter:
 
     Use as a context manager. ``write(start, ...)`` fills rows ``[start, start + m)``; every row
     must be written once before the context exits. On an exception the temporary file is
-    deleted and nothing appears at ``path``.
+    deleted and nothing appears at ``path``. ``with_phot`` adds ``phot``/``phot_err`` (N, 5)
+    float32 nanomaggies, measured by ``study.data.aperture.measure`` (attributes
+    ``aperture.PHOT_ATTRS``); without it the file is byte for byte what it was before they
+    existed.
     """
 
     def __init__(
@@ -102,6 +122,7 @@ class DatasetWriter:
         pixel_scale_arcsec: float = 0.396,
         image_dtype: str = "float32",
         with_flux_table: bool = False,
+        with_phot: bool = False,
         truth: dict[str, tuple[tuple[int, ...], Any]] | None = None,
         overwrite: bool = False,
     ) -> None:
@@ -137,6 +158,11 @@ class DatasetWriter:
         }
         if with_flux_table:
             self.specs["flux_table"] = ((n, 5, c), np.dtype("<f4"), None)
+        self.dataset_attrs: dict[str, Mapping[str, Any]] = {}
+        if with_phot:
+            for name in MEASURED:
+                self.specs[name] = ((n, 5), np.dtype("<f4"), None)
+                self.dataset_attrs[name] = PHOT_ATTRS
         for name, (shape, dtype) in sorted((truth or {}).items()):
             self.specs[f"truth/{name}"] = ((n, *tuple(shape)), np.dtype(dtype), None)
         self.tmp = temporary_path(self.path)
@@ -152,11 +178,7 @@ class DatasetWriter:
         for name, (shape, dtype, chunks) in self.specs.items():
             if name.startswith("truth/") and "truth" not in self.file:
                 self.file.create_group("truth", track_times=False)
-            space = h5py.h5s.create_simple(shape)
-            tid = h5py.h5t.py_create(dtype, logical=True)
-            h5py.h5d.create(
-                self.file.id, name.encode(), tid, space, dcpl=dataset_properties(chunks)
-            )
+            create_dataset(self.file, name, shape, dtype, chunks, self.dataset_attrs.get(name))
         return self
 
     def write(
@@ -170,6 +192,8 @@ class DatasetWriter:
         split: np.ndarray,
         ids: np.ndarray,
         flux_table: np.ndarray | None = None,
+        phot: np.ndarray | None = None,
+        phot_err: np.ndarray | None = None,
         truth: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Write rows ``[start, start + len(zs))``; arrays are cast to the stored dtypes."""
@@ -181,6 +205,10 @@ class DatasetWriter:
             if flux_table is None:
                 raise ValueError("this writer has a flux_table: pass flux_table=")
             rows["flux_table"] = flux_table
+        if "phot" in self.specs:
+            if phot is None or phot_err is None:
+                raise ValueError("this writer has phot/phot_err: pass phot= and phot_err=")
+            rows |= {"phot": phot, "phot_err": phot_err}
         for name, value in (truth or {}).items():
             rows[f"truth/{name}"] = value
         missing = [k for k in self.specs if k not in rows]
@@ -299,10 +327,17 @@ def write_dataset(
     source: str,
     data_seed: int,
     flux_table: np.ndarray | None = None,
+    phot: np.ndarray | None = None,
+    phot_err: np.ndarray | None = None,
     truth: dict[str, np.ndarray] | None = None,
     **kwargs: Any,
 ) -> Path:
-    """Write a whole dataset in one chunk (small sets and tests); kwargs go to DatasetWriter."""
+    """Write a whole dataset in one chunk (small sets and tests); kwargs go to DatasetWriter.
+
+    ``phot`` and ``phot_err`` come together (``aperture.measure(images)``) or not at all.
+    """
+    if (phot is None) != (phot_err is None):
+        raise ValueError("phot and phot_err come together: pass both or neither")
     truth_spec = {k: (v.shape[1:], v.dtype) for k, v in (truth or {}).items()}
     with DatasetWriter(
         path,
@@ -311,6 +346,7 @@ def write_dataset(
         source=source,
         data_seed=data_seed,
         with_flux_table=flux_table is not None,
+        with_phot=phot is not None,
         truth=truth_spec,
         **kwargs,
     ) as w:
@@ -323,6 +359,8 @@ def write_dataset(
             split=split,
             ids=ids,
             flux_table=flux_table,
+            phot=phot,
+            phot_err=phot_err,
             truth=truth,
         )
     return Path(path)
