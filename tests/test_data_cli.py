@@ -36,6 +36,7 @@ def test_convert_inspect_split(tmp_path, capsys):
     assert rc == 0
     assert "N = 12: train 8, val 1, test 3" in stdout
     assert "zs quantiles" in stdout and "flux table: absent" in stdout
+    assert "measured photometry (phot, phot_err): present, finite for 100.0%" in stdout
     assert all(f"    {b} " in stdout for b in "ugriz")
     new = tmp_path / "s.h5"
     rc, _, _ = run(capsys, "split", out, "--data-seed", "5", "--out", new)
@@ -45,6 +46,9 @@ def test_convert_inspect_split(tmp_path, capsys):
     with h5py.File(out) as a, h5py.File(new) as b:
         assert not np.array_equal(a["split"][:], b["split"][:])
         np.testing.assert_array_equal(a["images"][:], b["images"][:])
+        for name in ("phot", "phot_err"):  # the split command carries them over
+            assert a[name][:].tobytes() == b[name][:].tobytes()
+            assert dict(a[name].attrs) == dict(b[name].attrs)
 
 
 def test_existing_output_is_never_overwritten(tmp_path, capsys):

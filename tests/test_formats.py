@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
+from study.data import aperture
 from study.data.dataset import validate
 from study.data.formats import convert
 from study.data.layout import EXTINCTION_R
@@ -93,6 +94,11 @@ def test_dey_round_trip_with_spectra(tmp_path):
         )
         np.testing.assert_allclose(f["flux"][:], 10 ** (-0.4 * (observed - 22.5)), rtol=1e-5)
         table = f["flux_table"][:]
+        # measured in chunks of 5 with no gain (real cutouts carry none): background-limited
+        want = aperture.measure(cube().transpose(0, 3, 1, 2), gain=None)
+        np.testing.assert_array_equal(f["phot"][:], want[0])
+        np.testing.assert_array_equal(f["phot_err"][:], want[1])
+        assert dict(f["phot"].attrs) == aperture.PHOT_ATTRS
         with h5py.File(spectra) as s:
             wave, flux = s["wave"][:], s["flux"][:][::-1]  # back in catalogue order
     centers = np.linspace(0, 0.4, 181)[:-1] + 0.4 / 360
@@ -123,6 +129,8 @@ def test_pasquet_round_trip_and_split_seed(tmp_path):
         assert np.isnan(fa["flux"][:]).all()
         assert np.bincount(fa["split"][:]).tolist() == [8, 1, 3]
         assert not np.array_equal(fa["split"][:], fb["split"][:])
+        for name in aperture.MEASURED:  # chunks of 5 and of 7: the same bits
+            assert fa[name][:].tobytes() == fb[name][:].tobytes(), name
     h5 = tmp_path / "ex.h5"  # the same layout as HDF5
     with h5py.File(h5, "w") as f:
         f["data"], f["z"], f["ebv"] = cube(), labels()["z"][:, None], labels()["EBV"][:, None]
@@ -139,6 +147,9 @@ def test_hayat_round_trip_crop_and_extinction(tmp_path):
         np.testing.assert_array_equal(f["images"][:], centre.astype(np.float16))
         assert f["images"][0, 0, 32, 32] == np.float16(s["images"][0, 0, 53, 53])  # centre pixel
         np.testing.assert_allclose(f["ebv"][:], labels()["EBV"], rtol=1e-6)
+        phot, err = aperture.measure(f["images"][:])  # the stored float16 pixels
+        np.testing.assert_array_equal(f["phot"][:], phot)
+        np.testing.assert_array_equal(f["phot_err"][:], err)
 
 
 @pytest.mark.parametrize(

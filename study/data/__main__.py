@@ -86,6 +86,18 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             print(f"  flux table: present; usable band rows: {frac}")
         else:
             print("  flux table: absent (convert with --spectra to add one)")
+        if info.has_phot:
+            phot = f["phot"][:]
+            measured = np.isfinite(phot).all(axis=1).mean()
+            print(
+                f"  measured photometry (phot, phot_err): present, finite for "
+                f"{100 * measured:.1f}% of galaxies; {f['phot'].attrs.get('method', '')}"
+            )
+        else:
+            print(
+                "  measured photometry (phot, phot_err): absent "
+                "(add it with `python -m study.data photometry FILE`)"
+            )
     if info.truth_fields:
         print("  truth: " + ", ".join(info.truth_fields))
     print(f"  content_hash {info.content_hash}")

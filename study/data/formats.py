@@ -16,6 +16,12 @@ as observed) is NaN unless the labels carry all five ``dered_petro_<band>`` magn
 are reddened back with R_b E(B-V). An optional spectra file (HDF5: ``specObjID`` (M,), ``wave``
 (L,) in A, ``flux`` (M, L) in erg/s/cm^2/A, on any common scale) gives the flux table; galaxies
 without a spectrum get all-NaN flux-table rows (masked by the flux loss).
+
+``phot``/``phot_err`` are measured from each converted chunk's cutouts as stored (after the
+cast to ``image_dtype``) by ``study.data.aperture.measure`` with ``gain=None``: real cutouts
+carry no gain (electrons per nanomaggy) here, so ``phot_err`` is the background-limited error,
+without the source's own Poisson noise (too small for bright galaxies); ``python -m study.data
+photometry --gain`` on a copy without them measures again with a known gain.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from study.data import aperture
 from study.data.dataset import DatasetWriter, draw_split
 from study.data.layout import BANDS, EXTINCTION_R, bin_centers, bin_edges
 from study.errors import UserError
@@ -356,6 +363,7 @@ def convert(
         data_seed=data_seed,
         image_dtype=image_dtype,
         with_flux_table=spec is not None,
+        with_phot=True,
         overwrite=overwrite,
     )
     with (
@@ -374,6 +382,9 @@ def convert(
                 )
             rows = slice(start, stop)
             table = spec.table(start, stop, src.zs[rows], centers) if spec else None
+            stored = images.astype(image_dtype, copy=False)  # measured as the file keeps them
+            with np.errstate(over="ignore", invalid="ignore"):  # a float16 overflow is
+                phot, phot_err = aperture.measure(stored)  # reported by the writer just below
             writer.write(
                 start,
                 images=images,
@@ -383,6 +394,8 @@ def convert(
                 split=split[rows],
                 ids=src.ids[rows],
                 flux_table=table,
+                phot=phot,
+                phot_err=phot_err,
             )
             bar.update(stop - start)
             start = stop
