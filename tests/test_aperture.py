@@ -24,7 +24,7 @@ from scipy.special import erf, j1
 
 from study.data import aperture
 from study.data.__main__ import main as data_main
-from study.data.dataset import validate
+from study.data.dataset import validate, write_dataset
 from study.errors import UserError
 from study.universe import build as universe
 from study.universe import render
@@ -39,6 +39,20 @@ OBSERVING += ("neighbour_re_arcsec", "neighbour_q", "neighbour_pa_rad")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("aperture") / "u.h5"
     return universe.build_universe(200, 7, out, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def bare(small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same universe written without phot/phot_err (as every file was before issue 11)."""
+    with h5py.File(small) as f:
+        arrays = {k: f[k][:] for k in ("images", "zs", "ebv", "flux", "split", "flux_table")}
+        truth = {k: f[f"truth/{k}"][:] for k in f["truth"]}
+        attrs, ids = dict(f.attrs), f["id"][:]
+    out = tmp_path_factory.mktemp("aperture") / "bare.h5"
+    return write_dataset(
+        out, **arrays, ids=ids, truth=truth, bin_edges=attrs["bin_edges"], source="synthetic",
+        data_seed=attrs["data_seed"], pixel_scale_arcsec=attrs["pixel_scale_arcsec"],
+    )  # fmt: skip
 
 
 def noiseless(path: Path, rows: np.ndarray) -> np.ndarray:
@@ -93,6 +107,21 @@ def test_clipped_stats_equal_astropy_sigma_clip() -> None:
     np.testing.assert_allclose(std, np.nanstd(clipped, axis=1), rtol=1e-6)
     np.testing.assert_array_equal(kept, np.isfinite(clipped).sum(axis=1))
     assert kept.min() < 1209 - 150  # the neighbour was clipped
+
+
+def test_each_row_depends_on_its_own_pixels_alone(small: Path) -> None:
+    """Any block size, thread count or neighbouring rows: the same bits (files rely on it)."""
+    with h5py.File(small) as f:
+        images = f["images"][:]
+    gain = aperture.universe_gain()
+    whole = aperture.measure(images, gain=gain)
+    for start, stop in ((0, 1), (7, 8), (3, 130), (199, 200)):
+        part = aperture.measure(images[start:stop], gain=gain, threads=1)
+        for a, b in zip(part, whole, strict=True):
+            assert a.tobytes() == b[start:stop].tobytes(), (start, stop)
+    shuffled = np.random.default_rng(0).permutation(len(images))
+    again = aperture.measure(images[shuffled], gain=gain, threads=3)
+    assert again[0].tobytes() == whole[0][shuffled].tobytes()
 
 
 def test_measure_equals_photutils_image_by_image(small: Path) -> None:
@@ -192,9 +221,11 @@ def _attrs(path: Path) -> dict[str, bytes]:
         return {k: np.asarray(v).tobytes() for k, v in f.attrs.items() if k != "content_hash"}
 
 
-def test_add_photometry_keeps_every_dataset_and_a_valid_hash(small: Path, tmp_path: Path) -> None:
+def test_add_photometry_keeps_every_dataset_and_a_valid_hash(
+    small: Path, bare: Path, tmp_path: Path
+) -> None:
     src = tmp_path / "src.h5"
-    shutil.copyfile(small, src)
+    shutil.copyfile(bare, src)
     before, old_hash = _datasets(src), validate(src).content_hash
     out = aperture.add_photometry(src, tmp_path / "new.h5", progress=False)
     after = _datasets(out)
@@ -205,6 +236,8 @@ def test_add_photometry_keeps_every_dataset_and_a_valid_hash(small: Path, tmp_pa
     assert _datasets(src) == before  # the input is untouched
     info = validate(out)  # the new hash covers phot and phot_err
     assert info.content_hash != old_hash and validate(src).content_hash == old_hash
+    # the same contents as the universe, whose writer filled them: the same content hash
+    assert info.content_hash == validate(small).content_hash
     with h5py.File(out) as f:
         images, phot, err = f["images"][:], f["phot"][:], f["phot_err"][:]
     want = aperture.measure(images, gain=aperture.universe_gain())
@@ -217,9 +250,9 @@ def test_add_photometry_keeps_every_dataset_and_a_valid_hash(small: Path, tmp_pa
     assert not list(tmp_path.glob(".*tmp"))
 
 
-def test_add_photometry_in_place_is_atomic_and_complete(small: Path, tmp_path: Path) -> None:
+def test_add_photometry_in_place_is_atomic_and_complete(bare: Path, tmp_path: Path) -> None:
     path = tmp_path / "d.h5"
-    shutil.copyfile(small, path)
+    shutil.copyfile(bare, path)
     before = _datasets(path)
     assert aperture.add_photometry(path, progress=False) == path
     after = _datasets(path)
@@ -229,7 +262,7 @@ def test_add_photometry_in_place_is_atomic_and_complete(small: Path, tmp_path: P
 
 
 def test_bad_input_is_one_line_naming_the_file_and_fix(
-    small: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    small: Path, bare: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     text = tmp_path / "notes.h5"
     text.write_text("not hdf5")
@@ -240,20 +273,22 @@ def test_bad_input_is_one_line_naming_the_file_and_fix(
         f["x"] = np.zeros(3)
     with pytest.raises(UserError, match=f"{other}: file attribute 'format' is missing; rebuild"):
         aperture.add_photometry(other, progress=False)
-    done = aperture.add_photometry(small, tmp_path / "done.h5", progress=False)
+    with pytest.raises(UserError, match=f"{small}: already has dataset 'phot'"):
+        aperture.add_photometry(small, progress=False)  # a universe is built with them
+    done = aperture.add_photometry(bare, tmp_path / "done.h5", progress=False)
     with pytest.raises(UserError, match=f"{done}: already has dataset 'phot'.*nothing to add"):
         aperture.add_photometry(done, progress=False)
     with pytest.raises(UserError, match="output exists; choose another --out or pass --force"):
-        aperture.add_photometry(small, done, progress=False)
+        aperture.add_photometry(bare, done, progress=False)
     assert data_main(["photometry", str(done)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {done}: already has") and "\n" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["done.h5", "notes.h5", "other.h5"]
 
 
-def test_cli_writes_a_new_file(small: Path, tmp_path: Path) -> None:
+def test_cli_writes_a_new_file(bare: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli.h5"
-    argv = ["photometry", str(small), "--out", str(out), "--gain", "1", "1", "1", "1", "1"]
+    argv = ["photometry", str(bare), "--out", str(out), "--gain", "1", "1", "1", "1", "1"]
     assert data_main(argv) == 0
     with h5py.File(out) as f:
         images, phot = f["images"][:8], f["phot"][:8]
@@ -261,8 +296,8 @@ def test_cli_writes_a_new_file(small: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(phot, aperture.measure(images, gain=np.ones(5))[0])
 
 
-def test_validate_checks_measured_photometry(small: Path, tmp_path: Path) -> None:
-    out = aperture.add_photometry(small, tmp_path / "p.h5", progress=False)
+def test_validate_checks_measured_photometry(bare: Path, tmp_path: Path) -> None:
+    out = aperture.add_photometry(bare, tmp_path / "p.h5", progress=False)
     bad = tmp_path / "bad.h5"
     shutil.copyfile(out, bad)
     with h5py.File(bad, "r+") as f:

@@ -19,7 +19,8 @@ from astropy.cosmology import Planck18
 from astropy.io import fits
 from scipy.spatial import cKDTree
 
-from study.data import photometry
+from study.data import aperture, photometry
+from study.data.dataset import validate
 from study.data.layout import EXTINCTION_R as R_EXT
 from study.errors import UserError
 from study.universe import build as universe
@@ -196,8 +197,23 @@ def test_a_universe_is_the_start_of_a_larger_one(small: Path, tmp_path: Path) ->
     # full block 0 (and 76 rows of block 1) into shared memory
     big = universe.build_universe(1100, 3, tmp_path / "big.h5", workers=2, progress=False)
     with h5py.File(small) as f, h5py.File(big) as g:
-        for name in ("images", "flux_table", "truth/psf_fwhm_arcsec", "truth/neighbour_flux"):
+        for name in ("images", "flux_table", "truth/psf_fwhm_arcsec", "truth/neighbour_flux",
+                     "phot", "phot_err"):  # fmt: skip
             assert f[name][:].tobytes() == g[name][:300].tobytes(), name
+
+
+def test_phot_is_the_aperture_photometry_of_its_own_images(small: Path) -> None:
+    info = validate(small)  # the content hash covers phot/phot_err
+    assert info.has_phot
+    with h5py.File(small) as f:
+        want = aperture.measure(f["images"][:], gain=aperture.universe_gain())
+        for name, value in zip(aperture.MEASURED, want, strict=True):
+            assert f[name].dtype == np.float32 and f[name][:].tobytes() == value.tobytes(), name
+            assert dict(f[name].attrs) == aperture.PHOT_ATTRS
+        np.testing.assert_array_equal(aperture.universe_gain(), render.renderer().gain)
+        # the noiseless flux inside the aperture is most of it: phot is the galaxy's light
+        ratio = f["phot"][:, 2] / f["flux"][:, 2]
+    assert 0.5 < np.median(ratio) < 1.0
 
 
 def test_flux_table_batches_do_not_change_bits(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -304,6 +320,8 @@ def test_float16_images_keep_precision_below_the_noise(small: Path, tmp_path: Pa
     )
     with h5py.File(small) as f, h5py.File(half) as g:
         x32, x16 = f["images"][:64], g["images"][:64].astype(np.float32)
+        phot16 = aperture.measure(g["images"][:], gain=aperture.universe_gain())[0]
+        assert g["phot"][:].tobytes() == phot16.tobytes()  # measured on the float16 pixels
     r = render.renderer()
     sigma = np.sqrt(
         r.sky_var[None, :, None, None] + np.maximum(x32, 0) / r.gain[None, :, None, None]

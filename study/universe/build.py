@@ -3,7 +3,9 @@
 Writes a photoz-study/1 file (SPEC 5) with a ``truth/`` group, from real ingredients: the
 Blanton et al. (2003) luminosity function over Planck18 volumes with the r < 17.77 main-sample
 cut (``population.py``), kcorrect template SEDs through the SDSS filters (``sed.py``), and
-bulge + disk cutouts with PSF, sky and noise (``render.py``).
+bulge + disk cutouts with PSF, sky and noise (``render.py``); ``phot``/``phot_err`` are the
+aperture photometry of those noisy cutouts (``study.data.aperture.measure`` with the
+renderer's gain), what a catalogue-based peer is given.
 
 Determinism: galaxies come in fixed blocks of 1024, each with its own random streams keyed by
 ``(seed, block)``; all batched math runs per fixed block, single-threaded, with no BLAS; every
@@ -41,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
+from study.data import aperture
 from study.data.dataset import DatasetWriter, draw_split
 from study.data.layout import bin_centers, bin_edges
 from study.errors import UserError
@@ -52,7 +55,10 @@ from study.universe import sed
 if TYPE_CHECKING:
     from study.config import Config
 
-VERSION = 2  # bump when the physics changes: cached universes are keyed by it
+# bump when the physics or the file's contents change: cached universes are keyed by it.
+# 3: the file now carries phot/phot_err (aperture photometry of its own noisy cutouts); a
+# cached v2 file has none, and the peers need them
+VERSION = 3
 DEFAULT_RANGE = (3800.0, 9200.0)  # A, the SDSS spectrograph
 BLOCK = pop_mod.BLOCK
 CATALOGUE_TRUTH: dict[str, tuple[tuple[int, ...], str]] = {
@@ -119,7 +125,8 @@ def make_block(
         image_out: (BLOCK, 5, 64, 64) array of ``image_dtype`` to render into (else a new one).
         n_images: render only the first n_images cutouts (at least; see
             ``Renderer.render_block``), the rows a universe's last block keeps; the rest of
-            ``images`` is left unset. Every other column covers the whole block.
+            ``images`` is left unset and their ``phot``/``phot_err`` are NaN. Every other
+            column covers the whole block.
     """
     g = pop_mod.population().draw_block(seed, block)
     out = _catalogue_block(g)
@@ -134,6 +141,18 @@ def make_block(
         obs = render_mod.renderer().render_block(g, seed, block, image_out, n_images)
         out["images"] = image_out
         out |= {f"truth/{k}": v for k, v in obs.items()}
+        out |= _photometry(image_out[: min(n_images, BLOCK)])
+    return out
+
+
+def _photometry(images: np.ndarray) -> dict[str, np.ndarray]:
+    """``phot``/``phot_err`` (BLOCK, 5) of a block's rendered cutouts (as stored: float16 too),
+    NaN past them. One thread (the workers are the parallelism); each row's value depends on
+    that row's pixels alone, so neither the block's length nor ``chunk`` changes a bit.
+    """
+    phot, err = aperture.measure(images, gain=aperture.universe_gain(), threads=1)
+    out = {k: np.full((BLOCK, 5), np.nan, np.float32) for k in aperture.MEASURED}
+    out["phot"][: len(images)], out["phot_err"][: len(images)] = phot, err
     return out
 
 
@@ -335,6 +354,7 @@ def build_universe(
         pixel_scale_arcsec=render_mod.PIXEL_SCALE,
         image_dtype=image_dtype,
         with_flux_table=True,
+        with_phot=True,
         truth=CATALOGUE_TRUTH | IMAGE_TRUTH,
         overwrite=overwrite,
     )
@@ -365,6 +385,8 @@ def _write(
         split=split[start : start + m],
         ids=np.arange(start, start + m, dtype=np.int64),
         flux_table=rows["flux_table"],
+        phot=rows["phot"],
+        phot_err=rows["phot_err"],
         truth={k[6:]: v for k, v in rows.items() if k.startswith("truth/")},
     )
 
