@@ -38,8 +38,13 @@ LAYOUT = {
 }
 
 
+PEER_COLOR = "#4d4d4d"  # the RAIL peer's panel: dark grey, apart from every group's colour
+
+
 def color(name: str, i: int = 0) -> str:
-    """Fixed colour per group, a palette colour otherwise."""
+    """Fixed colour per group, grey for a peer (``peer: ...``), a palette colour otherwise."""
+    if name.startswith("peer"):
+        return PEER_COLOR
     return COLORS.get(name, _PALETTE[i % len(_PALETTE)])
 
 

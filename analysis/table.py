@@ -3,8 +3,12 @@
 One row per group (an ablation study) or per reference group plus the best few searched
 configurations (a gamma study; "best" is chosen on the *validation* metric so the test
 numbers in the table are not selected on), each cell ``mean ± std (n=seeds)`` of the test
-metric. The paper's own rows and the comparison rows it quotes (Beck, Dey, Hayat, Pasquet)
-follow, marked as literature values. Written as Markdown and CSV.
+metric. Then the peers, when given: LSST DESC RAIL estimators informed on the same training
+split's measured photometry and scored on the same test galaxies (``analysis.peers``), one
+deterministic run each, marked ``peer``; a ``truth-flux`` row (noiseless synthetic fluxes) is
+marked as synthetic truth, never as a peer. The paper's own rows and the comparison rows it
+quotes (Beck, Dey, Hayat, Pasquet) follow, marked as literature values. Written as Markdown
+and CSV.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ COLUMNS: tuple[tuple[str, str, float], ...] = (
 PAPER_COLUMNS = COLUMNS[:5]  # the paper's own Table 1 columns
 EXTRA_COLUMNS = COLUMNS[5:]  # RAIL variants and PIT statistics (no literature values)
 PAPER = "PNNL-36313 Table 1"
+PEER = "peer"  # the source of a fair peer's row
+TRUTH = "noiseless synthetic truth, not a peer"  # the source of a truth-flux row
 # The paper's Table 1 (NMAD, bias, outlier fraction, CDE loss, train time [h]); None = not given.
 # Its CDE loss is on another scale than ours (SPEC 2), so compare those within a table only.
 LITERATURE: tuple[tuple[str, str, dict[str, float | None]], ...] = (
@@ -94,6 +100,25 @@ def _config_label(row: pd.Series) -> str:
     return f"[{row['config_id']}: " + ", ".join(parts) + "]"
 
 
+def peer_rows(peers: pd.DataFrame) -> list[dict[str, object]]:
+    """Table 1 records of ``analysis.peers.peer_results`` rows: one run each, no std.
+
+    ``source`` is ``peer`` (or TRUTH for ``truth-flux``); the train time is the peer's inform +
+    estimate time.
+    """
+    records = []
+    for _, r in peers.iterrows():
+        truth = r["inputs"] == "truth-flux"
+        rec: dict[str, object] = {"row": str(r["label"]).split(" on ")[0] + f" ({r['inputs']})",
+                                  "source": TRUTH if truth else PEER, "group": "",
+                                  "config_id": str(r["name"]), "n": 1}  # fmt: skip
+        for metric, _, _ in COLUMNS:
+            v = r["seconds"] / 3600.0 if metric == "train_hours" else r.get(metric, math.nan)
+            rec[f"{metric}_mean"], rec[f"{metric}_std"], rec[f"{metric}_n"] = float(v), math.nan, 1
+        records.append(rec)
+    return records
+
+
 def table1(
     frame: pd.DataFrame,
     *,
@@ -102,10 +127,12 @@ def table1(
     literature: bool = True,
     select_on: str = "val_cde_loss",
     mode: str = "min",
+    peers: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Table 1 as a tidy frame: per row ``<metric>_mean``, ``<metric>_std``, ``n`` and ``source``.
 
-    Our rows have ``source == "this study"`` and the seed count ``n``; literature rows have
+    Our rows have ``source == "this study"`` and the seed count ``n``; then ``peers``' rows
+    (``peer_results``; ``source == "peer"``, n = 1, std missing); literature rows have
     ``source == "literature: <ref>"``, n missing and std missing.
     """
     frame = _with_hours(frame)
@@ -127,6 +154,8 @@ def table1(
                 d["n"],
             )
         records.append(rec)
+    if peers is not None:
+        records += peer_rows(peers)
     if literature:
         for label, group, values in LITERATURE:
             source = (
@@ -148,11 +177,16 @@ def _markdown_rows(table: pd.DataFrame, columns) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, rec in table.iterrows():
         literature = str(rec["source"]).startswith("literature")
-        cells = [f"*{rec['row']}*" if literature else f"**{rec['row']}**", str(rec["source"])]
+        peer = rec["source"] in (PEER, TRUTH)
+        name = f"*{rec['row']}*" if literature else (rec["row"] if peer else f"**{rec['row']}**")
+        cells = [str(name), str(rec["source"])]
         for metric, _, scale in columns:
             mean, std = rec[f"{metric}_mean"], rec[f"{metric}_std"]
+            value = f"{mean * scale:.3g}" if np.isfinite(mean) else "–"
             if literature:
-                cells.append("*" + (f"{mean * scale:.3g}" if np.isfinite(mean) else "–") + "*")
+                cells.append(f"*{value}*")
+            elif peer:
+                cells.append(value)
             else:
                 cells.append(format_mean_std(mean, std, int(rec[f"{metric}_n"]), scale=scale))
         lines.append("| " + " | ".join(cells) + " |")
@@ -163,11 +197,11 @@ def to_markdown(table: pd.DataFrame) -> str:
     """Markdown of ``table1``: ``mean ± std (n=seeds)`` cells; literature rows in italics.
 
     Two tables: the paper's columns with the literature rows, then the RAIL variants and
-    PIT statistics (this study only; the paper gives no values for them).
+    PIT statistics (this study and its peers; the paper gives no values for them).
     """
-    ours = table[table["source"] == "this study"]
+    ours = table[table["source"].isin(["this study", PEER, TRUTH])]
     lines = ["### Table 1: the paper's metrics", ""] + _markdown_rows(table, PAPER_COLUMNS)
-    lines += ["", "### Table 1b: RAIL variants and PIT statistics (this study)", ""]
+    lines += ["", "### Table 1b: RAIL variants and PIT statistics (this study and its peers)", ""]
     lines += _markdown_rows(ours, EXTRA_COLUMNS)
     notes = [
         "",
@@ -179,6 +213,12 @@ def to_markdown(table: pd.DataFrame) -> str:
         "The literature rows used SDSS DR12 images and a full-size ResNet50; rows of this "
         "study use the preset and data the study was run with.",
     ]
+    if table["source"].isin([PEER, TRUTH]).any():
+        notes.append(
+            "Rows marked peer: LSST DESC RAIL estimators informed on the same training split's "
+            "measured aperture photometry and scored on the same test galaxies with the same "
+            "metric code, one deterministic run each (train time: inform + estimate)."
+        )
     return "\n".join(lines + notes) + "\n"
 
 
