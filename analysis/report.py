@@ -1,10 +1,15 @@
 """``python -m analysis.report STUDY_DIR``: the study's report in ``STUDY_DIR/report/``.
 
 Writes ``report.html`` (self-contained: plotly.js inline once, so it opens offline), the
-tables (``table1.md``, ``table1.csv``, ``summary.csv``, ``paired.csv``, ``variance.csv``,
-``landscape.csv``) and every figure as its own HTML file (and PNG where kaleido can start a
-Chromium) under ``report/figures/``. The text leads with the paper's question: the paired
-difference constrained - baseline_aug on the same seeds, with its bootstrap CI.
+tables (``table1.md``, ``table1.csv``, ``peers.md``, ``peers.csv``, ``verdict.csv``,
+``summary.csv``, ``paired.csv``, ``variance.csv``, ``landscape.csv``) and every figure as its own
+HTML file (and PNG where kaleido can start a Chromium) under ``report/figures/``.
+
+The page leads with the verdict: each Table 1 row's seed mean against the best RAIL peer
+(``analysis.peers``, on the measured photometry of the same data file) on the same test
+galaxies, with a paired bootstrap CI over galaxies (``analysis.verdict``). Then the paper's
+question: the paired difference constrained - baseline_aug on the same seeds. Every run of the
+study also gets its test CDEs as a qp Ensemble (``analysis.export``), where it has none yet.
 
 The parts: ``make_tables`` / ``write_tables`` (the numbers), ``make_figures`` / ``write_figures``,
 and ``render_page``, which fills ``analysis/templates/report.html.j2`` (Jinja2, autoescaped).
@@ -32,9 +37,20 @@ from markupsafe import Markup
 from plotly.offline import get_plotlyjs
 
 from analysis import figures
-from analysis.results import Study, load_study
+from analysis.peers import ESTIMATORS
+from analysis.results import Predictions, Study, load_study
 from analysis.stats import format_mean_std, paired_table, summarize, variance_split
-from analysis.table import COLUMNS, EXTRA_COLUMNS, PAPER_COLUMNS, select_rows, table1, to_markdown
+from analysis.table import (
+    COLUMNS,
+    EXTRA_COLUMNS,
+    PAPER_COLUMNS,
+    PEER,
+    TRUTH,
+    select_rows,
+    table1,
+    to_markdown,
+)
+from analysis.verdict import StudyPeers, headline, study_verdict, verdict_rows
 from study.errors import UserError
 from study.machine import pick_device
 
@@ -69,6 +85,7 @@ class Tables:
     summary: pd.DataFrame  # summary.csv: mean, std, CI per label and test metric
     paired: pd.DataFrame  # paired.csv: every label against each reference, on shared seeds
     variance: pd.DataFrame  # variance.csv: trial (seed) and study (configuration) variance
+    peers: StudyPeers | None = None  # peers.csv, verdict.csv: None with peers=()
 
 
 @dataclass
@@ -91,14 +108,29 @@ def build_report(
     png: bool = True,
     seed: int = 0,
     device: str = "auto",
+    peers: tuple[str, ...] = ESTIMATORS,
+    peer_settings: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
-    """Write ``STUDY_DIR/report/`` and return the path of ``report.html``."""
+    """Write ``STUDY_DIR/report/`` and return the path of ``report.html``.
+
+    Args:
+        peers: RAIL estimators to place the networks against (``analysis.peers``); ``()``
+            leaves out the peers and the verdict.
+        peer_settings: RAIL option overrides per estimator (``peer_results``' ``settings``).
+        (the others: as the command-line flags)
+    """
     t0 = time.perf_counter()
     study = load_study(study_dir)
     out = _empty_report_dir(study, force)
-    tables = make_tables(study, best)
-    write_tables(tables, out)
-    figs = Figures(timings={"tables": time.perf_counter() - t0})
+    timings: dict[str, float] = {}
+    with _timed(timings, "peers_verdict"):
+        the_peers = _peers(study, best, peers, peer_settings, seed)
+    with _timed(timings, "tables"):
+        tables = make_tables(study, best, the_peers)
+        write_tables(tables, out)
+    with _timed(timings, "qp_export"):
+        exported = export_runs(study)
+    figs = Figures(timings=timings, notes=[*exported])
     make_figures(study, tables, figs, landscape=landscape, augmentations=augmentations,
                  seed=seed, device=device)  # fmt: skip
     write_figures(figs, out, png=png)
@@ -107,6 +139,41 @@ def build_report(
     summary = {"seconds": seconds, "timings": figs.timings, "figures": [n for n, _ in figs.figures]}
     (out / "report.json").write_text(json.dumps(summary, indent=1))
     return out / "report.html"
+
+
+def _peers(
+    study: Study,
+    best: int,
+    estimators: tuple[str, ...],
+    settings: dict[str, dict[str, Any]] | None,
+    seed: int,
+) -> StudyPeers | None:
+    """The peers and the verdict, first: a failure is one line that also names --peers none."""
+    if not estimators:
+        return None
+    try:
+        return study_verdict(study, table_frame(study, best), estimators=estimators,
+                             settings=settings, seed=seed)  # fmt: skip
+    except UserError as exc:
+        raise UserError(f"{exc} (or leave the peers out: --peers none)") from exc
+
+
+def export_runs(study: Study) -> list[str]:
+    """Every run's test CDEs as ``predictions.qp.hdf5`` (analysis.export), where missing.
+
+    Returns the page's note. An existing export is kept (the same predictions give the same
+    ensemble), as nothing in a run directory is overwritten.
+    """
+    from analysis.export import QP_NAME, export_run
+
+    runs = [study.run_dir(r) for _, r in study.frame.iterrows()]
+    todo = [r for r in runs if (r / "predictions.h5").is_file() and not (r / QP_NAME).is_file()]
+    for run in todo:
+        export_run(run)
+    return [
+        f"qp export: {len(runs)} runs' test CDEs as RUN_DIR/{QP_NAME} (qp.hist, for RAIL's "
+        f"evaluators): {len(todo)} written now, {len(runs) - len(todo)} there already."
+    ]
 
 
 def _empty_report_dir(study: Study, force: bool) -> Path:
@@ -123,10 +190,17 @@ def _empty_report_dir(study: Study, force: bool) -> Path:
 # ---- the tables ------------------------------------------------------------------------------
 
 
-def make_tables(study: Study, best: int) -> Tables:
-    """Table 1, the per-label summary, the paired comparisons and the variance split."""
+def table_frame(study: Study, best: int) -> pd.DataFrame:
+    """The study's rows shown in Table 1, labelled, selected on the study's objective."""
     select_on, mode = study.objective()
-    frame = labelled(study.frame, best=best, select_on=select_on, mode=mode)
+    return labelled(study.frame, best=best, select_on=select_on, mode=mode)
+
+
+def make_tables(study: Study, best: int, peers: StudyPeers | None = None) -> Tables:
+    """Table 1 (with the peers' rows), the per-label summary, the paired comparisons and the
+    variance split."""
+    select_on, mode = study.objective()
+    frame = table_frame(study, best)
     test_cols = [f"test_{m}" for m, _, _ in COLUMNS if f"test_{m}" in frame]
     refs = list(
         dict.fromkeys(frame.loc[frame["group"].isin(["baseline", "baseline_aug"]), "label"])
@@ -137,21 +211,53 @@ def make_tables(study: Study, best: int) -> Tables:
     ]
     return Tables(
         frame=frame,
-        table1=table1(study.frame, best=best, select_on=select_on, mode=mode),
+        table1=table1(
+            study.frame,
+            best=best,
+            select_on=select_on,
+            mode=mode,
+            peers=None if peers is None else peers.frame,
+        ),  # fmt: skip
         summary=summarize(frame, test_cols, by="label"),
         paired=paired_table(frame, key_cols, refs, by="label"),
         variance=pd.DataFrame(var_rows),
+        peers=peers,
     )
 
 
+PEER_TABLE = ["name", "label", *KEY_METRICS, "outlier_frac_rail", "n_train", "n_test",
+              "seconds", "settings", "versions"]  # fmt: skip
+
+
 def write_tables(tables: Tables, out: Path) -> None:
-    """table1.md, table1.csv, summary.csv, paired.csv (if any pair) and variance.csv."""
+    """table1.md/.csv, peers.md/.csv and verdict.csv (with peers), summary.csv, paired.csv (if
+    any pair) and variance.csv."""
     (out / "table1.md").write_text(to_markdown(tables.table1))
     tables.table1.to_csv(out / "table1.csv", index=False)
+    if tables.peers is not None:
+        frame = tables.peers.frame
+        frame.to_csv(out / "peers.csv", index=False)
+        (out / "peers.md").write_text(_peers_markdown(tables.peers))
+        tables.peers.verdict.to_csv(out / "verdict.csv", index=False)
     tables.summary.to_csv(out / "summary.csv", index=False)
     if not tables.paired.empty:
         tables.paired.drop(columns=["seeds"]).to_csv(out / "paired.csv", index=False)
     tables.variance.to_csv(out / "variance.csv", index=False)
+
+
+def _peers_markdown(peers: StudyPeers) -> str:
+    """peers.md: the peers' own table (one run each) and the best one's name."""
+    cols = [c for c in PEER_TABLE if c not in ("settings", "versions")]
+    view = peers.frame[cols]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in view.iterrows():
+        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v)
+                                       for v in r) + " |")  # fmt: skip
+    return "\n".join([
+        f"### Peers on {peers.source.name}: RAIL estimators on measured photometry, one run each",
+        "", *lines, "",
+        f"Best peer (sigma_nmad): {peers.best['label']}. Settings and versions: peers.csv.", "",
+    ])  # fmt: skip
 
 
 # ---- the figures -----------------------------------------------------------------------------
@@ -180,8 +286,12 @@ def make_figures(
     with _timed(figs.timings, "pit_zp_zs"):
         preds = {k: study.predictions(study.run_dir(r)) for k, r in firsts.items()}
         n_runs = {k: int(g["seed"].nunique()) for k, g in frame.groupby("label")}
-        figs.figures.append(("pit", figures.pit_histograms(_pits(study, frame))))
-        figs.figures.append(("zp_zs", figures.zp_zs(preds, n_runs=n_runs, seed=seed)))
+        pits, shown = _pits(study, frame), dict(preds)
+        if tables.peers is not None:  # the best peer beside the groups, in grey
+            key, pred = _peer_panel(tables.peers)
+            pits[key], shown[key] = [_pit(pred)], pred
+        figs.figures.append(("pit", figures.pit_histograms(pits)))
+        figs.figures.append(("zp_zs", figures.zp_zs(shown, n_runs=n_runs, seed=seed)))
     with _timed(figs.timings, "augmentations"):
         if augmentations:
             figs.figures += _augmentation_figs(study, firsts, preds, seed, device, figs.notes)
@@ -194,15 +304,25 @@ def make_figures(
                 figs.figures.append(("landscape_1d", fig))
 
 
-def _pits(study: Study, frame: pd.DataFrame) -> dict[str, list[np.ndarray]]:
+def _pit(pr: Predictions) -> np.ndarray:
     from study.metrics import pit
 
+    return np.asarray(pit(pr.p, pr.zs, pr.edges))
+
+
+def _pits(study: Study, frame: pd.DataFrame) -> dict[str, list[np.ndarray]]:
     out: dict[str, list[np.ndarray]] = {}
     for label, runs in frame.groupby("label", sort=False):
         for _, row in runs.iterrows():
-            pr = study.predictions(study.run_dir(row))
-            out.setdefault(str(label), []).append(np.asarray(pit(pr.p, pr.zs, pr.edges)))
+            out.setdefault(str(label), []).append(_pit(study.predictions(study.run_dir(row))))
     return out
+
+
+def _peer_panel(peers: StudyPeers) -> tuple[str, Predictions]:
+    """The best peer's figure panel: ``peer: RAIL FlexZBoost (phot)`` and its CDEs."""
+    return f"peer: {str(peers.best['label']).split(' on ')[0]} ({peers.best['inputs']})", (
+        peers.predictions
+    )
 
 
 def _first_runs(frame: pd.DataFrame) -> dict[str, pd.Series]:
@@ -310,7 +430,7 @@ def render_page(study: Study, tables: Tables, figs: Figures, seconds: float) -> 
     """``report.html`` from ``templates/report.html.j2``: numbers first, then the figures."""
     paired, land, summ = tables.paired, figs.landscape, tables.summary
     paired_view = paired.drop(columns=["seeds"]) if not paired.empty else paired
-    this_study = tables.table1[tables.table1["source"] == "this study"]
+    this_study = tables.table1[tables.table1["source"].isin(["this study", PEER, TRUTH])]
     landscape = None
     if not land.empty:
         landscape = {v: _df_html(_pivot(land, v)) for v in ("curvature", "sharpness")}
@@ -319,6 +439,7 @@ def render_page(study: Study, tables: Tables, figs: Figures, seconds: float) -> 
         plotlyjs=Markup(get_plotlyjs()),
         runs=_runs(study),
         seconds=seconds,
+        verdict=verdict_view(tables),
         questions=questions(paired),
         table1_paper=_table1_view(tables.table1, PAPER_COLUMNS),
         table1_extra=_table1_view(this_study, EXTRA_COLUMNS),
@@ -332,6 +453,29 @@ def render_page(study: Study, tables: Tables, figs: Figures, seconds: float) -> 
         notes=figs.notes,
         summary=_df_html(summ[summ["metric"].isin([f"test_{m}" for m in KEY_METRICS])]),
     )
+
+
+def verdict_view(tables: Tables) -> dict[str, Any] | None:
+    """The page's first lines: the headline and one row per Table 1 row against the best peer."""
+    if tables.peers is None:
+        return None
+    peers, frame = tables.peers, tables.frame
+    names = {str(k): _row_name(g) for k, g in frame.groupby("label", sort=False)}
+    best = peers.best
+    return {
+        "headline": headline(peers.verdict, str(best["label"])),
+        "peer": str(best["label"]),
+        "n_galaxies": int(peers.verdict["n_galaxies"].iloc[0]),
+        "n_boot": int(peers.verdict["n_boot"].iloc[0]),
+        "rows": verdict_rows(peers.verdict, names),
+        "notes": peers.notes,
+    }
+
+
+def _row_name(runs: pd.DataFrame) -> str:
+    """A label as the verdict names it: the group, or ``search <config_id>``."""
+    group, label = str(runs["group"].iloc[0]), str(runs["label"].iloc[0])
+    return group if group == label else f"{group} {label}"
 
 
 def _runs(study: Study) -> dict[str, Any]:
@@ -390,14 +534,16 @@ def _table1_view(table: pd.DataFrame, columns) -> dict[str, Any]:
     rows = []
     for _, rec in table.iterrows():
         lit = str(rec["source"]).startswith("literature")
+        peer = rec["source"] in (PEER, TRUTH)
         cells = [str(rec["row"]), str(rec["source"])]
         for metric, _, scale in columns:
             mean, std = rec[f"{metric}_mean"], rec[f"{metric}_std"]
-            if lit:
+            if lit or peer:  # one value each: no std, no n
                 cells.append(f"{mean * scale:.3g}" if np.isfinite(mean) else "–")
             else:
                 cells.append(format_mean_std(mean, std, int(rec[f"{metric}_n"]), scale=scale))
-        rows.append({"kind": "lit" if lit else "ours", "cells": cells})
+        kind = "lit" if lit else ("truth" if rec["source"] == TRUTH else "peer" if peer else "ours")
+        rows.append({"kind": kind, "cells": cells})
     return {"header": ["row", "source"] + [c[1] for c in columns], "rows": rows}
 
 
@@ -419,6 +565,17 @@ PAGE = Environment(
     undefined=StrictUndefined,
     keep_trailing_newline=True,
 ).get_template("report.html.j2")
+
+
+def _estimators(text: str) -> tuple[str, ...]:
+    """``--peers``: 'knn,flexzboost' -> ('knn', 'flexzboost'); 'none' -> ()."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip() and n.strip() != "none")
+    bad = [n for n in names if n not in ESTIMATORS]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown peer {bad[0]!r}; choose from {','.join(ESTIMATORS)} or none"
+        )
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,6 +600,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--seed", type=int, default=0, help="seed of every random choice in the report")
     ap.add_argument(
+        "--peers", type=_estimators, default=ESTIMATORS, metavar="knn,flexzboost",
+        help="RAIL peers the verdict and Table 1 place the networks against, comma-separated "
+        "(default: knn,flexzboost; 'none' leaves them out); cached per data file",
+    )  # fmt: skip
+    ap.add_argument(
         "--threads", type=int, default=1,
         help="torch CPU threads (default 1: the passes are small, and one thread is 2-4x faster "
         "than two on a busy 2-core machine; 0 keeps torch's default)",
@@ -464,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
                 png=not args.no_png,
                 seed=args.seed,
                 device=args.device,
+                peers=args.peers,
             )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

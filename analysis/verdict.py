@@ -17,12 +17,17 @@ so the full-sample values are the SPEC 3 metrics of the same CDEs.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import h5py
 import numpy as np
 import pandas as pd
 
+from analysis.results import Predictions, Study
 from study.errors import UserError
 from study.metrics import NMAD_SCALE, cde_losses, point_estimate
 
@@ -151,7 +156,7 @@ def outcome(diff_low: float, diff_high: float) -> str:
 
 
 def verdict_table(
-    groups: dict[str, Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]],
+    groups: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]],
     peer: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     *,
     n_boot: int = N_BOOT,
@@ -198,3 +203,143 @@ def verdict_table(
         res["outcome"] = list(map(outcome, res["ci_low"], res["ci_high"]))
         frames.append(res)
     return pd.concat(frames, ignore_index=True)
+
+
+# ---- the verdict of a study: its data file, the peers, the lines the report shows ----------
+
+
+@dataclass
+class StudyPeers:
+    """The peers of a study's data file and the verdict of its groups against the best one."""
+
+    source: Path  # the runs' data file
+    data: Path  # the file the peers ran on: ``source``, or its copy with ``phot``
+    frame: pd.DataFrame  # analysis.peers.peer_results rows (peers.csv)
+    best: pd.Series  # the best fair peer's row (by sigma_nmad)
+    predictions: Predictions  # the best peer's test CDEs, in the data file's test order
+    verdict: pd.DataFrame  # verdict_table rows (verdict.csv), labels as in Table 1
+    notes: list[str]  # what the page should say about how the peers were run
+
+
+def with_photometry(path: Path) -> tuple[Path, str | None]:
+    """``path`` if it has ``phot``; else its copy with ``phot`` added, in the peers cache.
+
+    A file made before the universe measured photometry gets a copy
+    (``$PHOTOZ_CACHE/peers/with-phot/<content_hash>.h5``, made once, reused) rather than an
+    in-place addition: adding ``phot`` changes the file's content hash, which the study's runs
+    recorded. Returns the path and a note for the page (None when nothing was copied).
+    """
+    from analysis.peers import cache_dir
+    from study.data.aperture import add_photometry
+    from study.data.dataset import read_info
+
+    with h5py.File(path, "r") as f:
+        if "phot" in f:
+            return path, None
+    content_hash = read_info(path).content_hash
+    copy = cache_dir(content_hash).parent / "with-phot" / f"{content_hash}.h5"
+    if not copy.is_file():
+        size = path.stat().st_size / 2**30
+        print(f"{path} has no measured photometry ('phot'): adding it to a copy, {copy} "
+              f"({size:.2f} GiB)", file=sys.stderr)  # fmt: skip
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        add_photometry(path, copy)
+    return copy, (
+        f"{path} has no measured photometry (phot), so the peers ran on a copy with it "
+        f"added ({copy}); `python -m study.data photometry {path}` adds it to the file itself."
+    )
+
+
+def _test_split(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(zs, ids, bin_edges) of a data file's test split, in file row order (the peers' order)."""
+    with h5py.File(path, "r") as f:
+        test = f["split"][:] == 2
+        return f["zs"][:][test].astype(np.float64), f["id"][:][test], f.attrs["bin_edges"][:]
+
+
+def study_verdict(
+    study: Study,
+    frame: pd.DataFrame,
+    *,
+    estimators: tuple[str, ...] = ("knn", "flexzboost"),
+    settings: dict[str, dict[str, Any]] | None = None,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> StudyPeers:
+    """Run (or read from the cache) the peers of the study's data file and judge each label.
+
+    Args:
+        study: the study. frame: its rows shown in Table 1, with a ``label`` column.
+        estimators: peers to run (analysis.peers.ESTIMATORS), on measured photometry.
+        settings: RAIL option overrides per estimator (``peer_results``'s ``settings``).
+        n_boot, seed: the paired bootstrap's resamples and seed.
+    """
+    from analysis.peers import LABELS, best_peer, peer_cdes, peer_results
+    from analysis.results import load_run_config, run_dataset
+
+    first = study.run_dir(frame.iloc[0])
+    source = run_dataset(load_run_config(first), first)
+    data, note = with_photometry(source)
+    peers = peer_results(data, estimators=estimators, inputs=("phot",), settings=settings)
+    best = best_peer(peers, "sigma_nmad")
+    zs, ids, edges = _test_split(data)
+    p = peer_cdes(data, str(best["name"]))
+    pred = Predictions(p=p / p.sum(axis=1, keepdims=True), zs=zs, ids=ids, edges=edges)
+    groups = {
+        str(label): [
+            (pr.p, pr.zs, pr.ids, pr.edges)
+            for pr in (study.predictions(study.run_dir(r)) for _, r in runs.iterrows())
+        ]
+        for label, runs in frame.sort_values("seed").groupby("label", sort=False)
+    }
+    table = verdict_table(groups, (pred.p, pred.zs, pred.ids, pred.edges), n_boot=n_boot,
+                          seed=seed)  # fmt: skip
+    notes = [note] if note else []
+    settings_of = {str(r["estimator"]): r["settings"] for _, r in peers.iterrows()}
+    notes.append(
+        "Peers: " + "; ".join(f"{LABELS[e]} ({s})" for e, s in settings_of.items()) + "; "
+        f"informed on the training split of {source.name}, scored on its test split."
+    )
+    return StudyPeers(source=source, data=data, frame=peers, best=best, predictions=pred,
+                      verdict=table, notes=notes)  # fmt: skip
+
+
+def _metric_cell(r: pd.Series) -> str:
+    """'0.0291 vs 0.0186: +0.0105 [+0.0098, +0.0113]' (outlier_frac in per cent)."""
+    s = 100.0 if r["metric"] == "outlier_frac" else 1.0
+    return (
+        f"{r['value'] * s:.3g} vs {r['peer'] * s:.3g}: {r['diff'] * s:+.3g} "
+        f"[{r['ci_low'] * s:+.3g}, {r['ci_high'] * s:+.3g}]"
+    )
+
+
+def verdict_rows(table: pd.DataFrame, names: dict[str, str]) -> list[dict[str, Any]]:
+    """One row per label for the page: its name, n seeds and a cell per metric with outcome."""
+    rows = []
+    for label, sub in table.groupby("label", sort=False):
+        cells = [{"text": _metric_cell(r), "outcome": r["outcome"]} for _, r in sub.iterrows()]
+        rows.append({"name": names.get(str(label), str(label)),
+                     "n": int(sub["n_seeds"].iloc[0]), "cells": cells})  # fmt: skip
+    return rows
+
+
+def headline(table: pd.DataFrame, peer_label: str) -> str:
+    """One line: do the networks beat the best peer? Counted per metric over the labels."""
+    n_labels = table["label"].nunique()
+    counts = {
+        m: table.loc[table["metric"] == m, "outcome"].value_counts().to_dict()
+        for m in VERDICT_METRICS
+    }
+    better_all = table.assign(b=table["outcome"] == "better").groupby("label")["b"].all().sum()
+    any_better = sum(c.get("better", 0) for c in counts.values())
+    answer = "Yes" if better_all else ("Partly" if any_better else "No")
+    parts = [
+        f"{m}: {c.get('better', 0)} better, {c.get('worse', 0)} worse" for m, c in counts.items()
+    ]
+    return (
+        f"Do the networks beat {peer_label}, the best peer on the same "
+        f"{int(table['n_galaxies'].iloc[0])} test galaxies? {answer}: "
+        f"{int(better_all)} of {n_labels} rows better on all three metrics ("
+        + "; ".join(parts)
+        + "; 95% paired bootstrap CI over galaxies excluding 0)."
+    )

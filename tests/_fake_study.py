@@ -3,7 +3,9 @@
 The metric numbers and CDEs are random, not trained: they test loading, statistics and
 plotting, not science. The data file (photoz-study/1, via study.data.dataset) and the
 checkpoints (an untrained tiny_cnn, study.train's ``checkpoint/state.pt`` format) are real,
-so the landscape and augmentation passes run on them.
+so the landscape and augmentation passes run on them. The data file's test split is the
+runs' test galaxies (ids and zs), so the peers and the verdict run on it too; it has no
+``phot``, as a file made before the universe measured photometry.
 """
 
 from __future__ import annotations
@@ -27,11 +29,23 @@ METRICS = (
 ).split()
 
 
-def fake_predictions(rng: np.random.Generator, n: int, n_bins: int, z_max: float, width: float):
-    """Gaussian CDEs around a noisy truth, with a few catastrophic outliers: (p, zs)."""
+def fake_redshifts(rng: np.random.Generator, n: int, z_max: float = 0.4) -> np.ndarray:
+    """(n,) redshifts with an SDSS-like n(z)."""
+    return rng.gamma(4.0, 0.025, size=n).clip(0.005, z_max - 0.005)
+
+
+def fake_predictions(
+    rng: np.random.Generator,
+    n: int,
+    n_bins: int,
+    z_max: float,
+    width: float,
+    zs: np.ndarray | None = None,
+):
+    """Gaussian CDEs around a noisy truth, with a few catastrophic outliers: (p, zs, edges)."""
     edges = np.linspace(0.0, z_max, n_bins + 1)
     centers = 0.5 * (edges[1:] + edges[:-1])
-    zs = rng.gamma(4.0, 0.025, size=n).clip(0.005, z_max - 0.005)
+    zs = fake_redshifts(rng, n, z_max) if zs is None else zs
     mu = zs + rng.normal(0, width, n) * (1 + zs)
     bad = rng.random(n) < 0.05
     mu[bad] = rng.uniform(0.01, z_max - 0.01, bad.sum())
@@ -40,16 +54,20 @@ def fake_predictions(rng: np.random.Generator, n: int, n_bins: int, z_max: float
     return p, zs, edges
 
 
-def make_dataset(path: Path, n_bins: int, n: int = 64) -> np.ndarray:
-    """A small real photoz-study/1 file of noise images; returns the test rows."""
+def make_dataset(path: Path, n_bins: int, n_test: int = 32) -> np.ndarray:
+    """A small real photoz-study/1 file of noise images (no ``phot``); returns the test rows.
+
+    Splits: ``n_test`` training galaxies, 8 validation, ``n_test`` test (the runs' test set).
+    """
     rng = np.random.default_rng(1)
+    n = 2 * n_test + 8
     split = np.zeros(n, np.uint8)
-    split[n // 2 :] = 2
-    split[n // 2 - 8 : n // 2] = 1
+    split[n_test : n_test + 8] = 1
+    split[n_test + 8 :] = 2
     write_dataset(
         path,
         images=rng.normal(0, 0.1, (n, 5, 64, 64)).astype(np.float32),
-        zs=rng.uniform(0.01, 0.39, n),
+        zs=fake_redshifts(rng, n),
         ebv=rng.uniform(0, 0.1, n).astype(np.float32),
         flux=rng.uniform(1, 10, (n, 5)).astype(np.float32),
         split=split,
@@ -76,7 +94,9 @@ def make_fake_study(
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
     data = root / "data.h5"
-    test_rows = make_dataset(data, n_bins)
+    test_rows = make_dataset(data, n_bins, n_test)
+    with h5py.File(data, "r") as f:  # the runs predict the data file's own test galaxies
+        test_zs, test_ids = f["zs"][:][test_rows], f["id"][:][test_rows]
     configs = [
         (g, g, {"g_flux": 0.1 * (g == "constrained"), "g_inv": 0.0, "g_cde": 0.0}) for g in groups
     ]
@@ -98,12 +118,13 @@ def make_fake_study(
             torch.save(
                 {"epoch": epochs, "model": model.state_dict()}, run / "checkpoint" / "state.pt"
             )
-            p, zs, edges = fake_predictions(rng, n_test, n_bins, 0.4, 0.02 + 0.005 * rng.random())
+            width = 0.02 + 0.005 * rng.random()
+            p, zs, edges = fake_predictions(rng, n_test, n_bins, 0.4, width, zs=test_zs)
             with h5py.File(run / "predictions.h5", "w") as f:
                 f.create_dataset("p", data=p.astype(np.float16))
                 f.create_dataset("zs", data=zs)
-                f.create_dataset("id", data=np.arange(n_test, dtype=np.int64))
-                f.create_dataset("index", data=test_rows[np.arange(n_test) % len(test_rows)])
+                f.create_dataset("id", data=test_ids)
+                f.create_dataset("index", data=test_rows)
                 f.attrs["bin_edges"] = edges
             vals = {m: float(rng.normal(0.02, 0.003)) for m in METRICS}
             (run / "metrics.json").write_text(

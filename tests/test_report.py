@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import pandas as pd
 import pytest
 from _fake_study import make_fake_study
@@ -16,6 +17,8 @@ from analysis.figures import cde_quantiles, pit_band
 from analysis.results import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
+# RAIL FlexZBoost's grids shrunk so that it informs in seconds (as tests/test_peers.py)
+FAST = {"flexzboost": {"nbump": 3, "nsharp": 3, "max_basis": 15}}
 ABLATION_FIGURES = ("pit", "zp_zs", "augment_baseline", "augment_baseline_aug", "augment_constrained",
                     "learning_curves", "paired_forest", "landscape_1d")  # fmt: skip
 
@@ -35,21 +38,86 @@ def _check_report(study_dir: Path, figures: tuple[str, ...]) -> str:
     return page
 
 
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch) -> Path:
+    """The peers' cache (and a data file's copy with phot) under the test's tmp_path."""
+    monkeypatch.setenv("PHOTOZ_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _check_peers(study_dir: Path, page: str, peers: tuple[str, ...], n_seeds: int) -> None:
+    """The verdict leads the page; Table 1 and 1b have the peer rows; qp exports exist."""
+    out = study_dir / "report"
+    names = {"knn": "RAIL KNN", "flexzboost": "RAIL FlexZBoost"}
+    body = page.split("<body>", 1)[1]
+    assert body.index("id='verdict'") < body.index("<h2>")  # the verdict comes first
+    assert "Do the networks beat RAIL " in page and "the best peer on the same" in page
+    verdict = pd.read_csv(out / "verdict.csv")
+    labels = set(pd.read_csv(out / "summary.csv")["label"])
+    assert set(verdict["label"]) == labels and (verdict["n_seeds"] == n_seeds).all()
+    assert set(verdict["metric"]) == {"sigma_nmad", "outlier_frac", "cde_loss"}
+    assert set(verdict["outcome"]) <= {"better", "worse", "indistinguishable"}
+    for _, r in verdict.iterrows():
+        assert r["ci_low"] <= r["ci_high"]
+        assert f"{r['value']:.3g}" in page or r["metric"] == "outlier_frac"
+    table = pd.read_csv(out / "table1.csv")
+    peer_rows = table[table["source"] == "peer"]
+    assert sorted(peer_rows["row"]) == sorted(f"{names[e]} (phot)" for e in peers)
+    assert (peer_rows["n"] == 1).all() and peer_rows["sigma_nmad_std"].isna().all()
+    md = (out / "table1.md").read_text()
+    t1, t1b = md.split("### Table 1b")
+    for e in peers:
+        assert f"| {names[e]} (phot) | peer |" in t1 and f"| {names[e]} (phot) | peer |" in t1b
+        assert f"<td>{names[e]} (phot)</td><td>peer</td>" in page
+    assert "peer: RAIL" in (out / "figures" / "pit.html").read_text()  # the best peer's panel
+    assert "peer: RAIL" in (out / "figures" / "zp_zs.html").read_text()
+    assert set(pd.read_csv(out / "peers.csv")["name"]) == {f"{e}-phot" for e in peers}
+    assert "Best peer (sigma_nmad)" in (out / "peers.md").read_text()
+    frame = load_study(study_dir).frame
+    for run in frame["run_dir"]:
+        assert (study_dir / run / "predictions.qp.hdf5").is_file()
+
+
 def test_report_on_fake_ablation(tmp_path, capsys):
     study = make_fake_study(tmp_path / "abl", seeds=(0, 1), n_test=200)
-    html = report.build_report(study, png=False)
+    html = report.build_report(study, png=False, peers=("knn",))  # FlexZBoost: the slow test
     page = _check_report(study, ABLATION_FIGURES)
     assert html == study / "report" / "report.html"
     assert "constrained &minus; baseline_aug (n=2 paired seeds)" in page
     assert "cannot reach 0.05" in page
     paired = pd.read_csv(study / "report" / "paired.csv")
     assert set(paired["reference"]) == {"baseline", "baseline_aug"} and (paired["n"] == 2).all()
+    _check_peers(study, page, ("knn",), n_seeds=2)
+    assert "has no measured photometry (phot), so the peers ran on a copy" in page
+    capsys.readouterr()
     # refuses to overwrite (exit 2, one line), then --force rebuilds
-    args = [str(study), "--no-png", "--no-landscape", "--no-augment"]
+    args = [str(study), "--no-png", "--no-landscape", "--no-augment", "--peers", "knn"]
     assert report.main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--force" in err and err.count("\n") == 1
     assert report.main([*args, "--force"]) == 0
+    _check_peers(study, (study / "report" / "report.html").read_text(), ("knn",), n_seeds=2)
+    assert report.main([*args[:-2], "--peers", "none", "--force"]) == 0
+    page = (study / "report" / "report.html").read_text()
+    assert "id='verdict'" not in page and not (study / "report" / "verdict.csv").exists()
+    assert "| peer |" not in (study / "report" / "table1.md").read_text()
+
+
+def test_peers_flag_and_other_galaxies_are_one_line_errors(tmp_path, capsys):
+    study = make_fake_study(tmp_path / "abl", groups=("baseline",), seeds=(0,), n_test=50)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        report.main([str(study), "--peers", "knn,bpz"])
+    assert exit_.value.code == 2 and "unknown peer 'bpz'" in capsys.readouterr().err
+    run = study / "runs" / "baseline-s0" / "predictions.h5"
+    with h5py.File(run, "r+") as f:
+        f["id"][0] = -7  # a galaxy that is not in the data file's test split
+    assert report.main([str(study), "--no-png", "--no-landscape", "--no-augment",
+                        "--peers", "knn"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.splitlines()  # progress bars, then the error: one line
+    assert err[-1].startswith("error: ") and sum(e.startswith("error") for e in err) == 1
+    assert "group 'baseline', run 0: its 50 test galaxies" in err[-1]
+    assert "--peers none" in err[-1]
 
 
 def test_report_on_fake_search_has_optuna_figures(tmp_path):
@@ -60,7 +128,8 @@ def test_report_on_fake_search_has_optuna_figures(tmp_path):
         searched=3,
         n_test=100,
     )
-    report.build_report(study, png=False, landscape=False, augmentations=False, best=2)
+    report.build_report(study, png=False, landscape=False, augmentations=False, best=2,
+                        peers=("knn",))  # fmt: skip
     page = _check_report(
         study, ("pit", "zp_zs", "optuna_history", "optuna_slice", "optuna_importance")
     )
@@ -74,6 +143,8 @@ def test_report_on_fake_search_has_optuna_figures(tmp_path):
     )
     for cid in best:  # the best configurations on validation are in the table and compared
         assert cid in page
+        assert f"<td>search {cid}</td>" in page  # and have their verdict line
+    _check_peers(study, page, ("knn",), n_seeds=2)
 
 
 def test_not_a_study_is_one_line_error(tmp_path, capsys):
@@ -136,9 +207,10 @@ def tiny_study(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_report_on_real_tiny_study(tiny_study, monkeypatch):
     monkeypatch.setenv("PHOTOZ_CACHE", str(tiny_study.parent / "cache"))
-    report.build_report(tiny_study, png=False)
+    report.build_report(tiny_study, png=False, peer_settings=FAST)
     page = _check_report(tiny_study, ABLATION_FIGURES)
     assert "constrained &minus; baseline_aug (n=2 paired seeds)" in page
+    _check_peers(tiny_study, page, ("knn", "flexzboost"), n_seeds=2)
     land = pd.read_csv(tiny_study / "report" / "landscape.csv")
     assert set(land["label"]) == {"baseline", "baseline_aug", "constrained"}
     assert land["curvature"].notna().all()
