@@ -56,7 +56,10 @@ CENTRE = (32.0, 32.0)  # (x, y) of the galaxy in photutils' convention (pixel ce
 SIGMA = 3.0  # sigma-clipping threshold (astropy SigmaClip's default)
 MAXITERS = 10  # sigma-clipping passes at most (astropy SigmaClip's default)
 MEDIAN_VAR = np.pi / 2  # variance of a large sample's median / variance of its mean (Gaussian)
-BLOCK = 1024  # galaxies per internal block of `measure`: ~25 MB of sorted annulus pixels
+# galaxies per internal block of `measure` (no bit depends on it): at 64 its ~6 MB of
+# prefix sums are reused heap memory; at 1024 (100 MB) each block faulted in fresh pages,
+# 0.6 of 1.7 CPU-s per 4,096 galaxies in system time (measured: 4,600 vs 2,500 gal/CPU-s)
+BLOCK = 64
 MEASURED = ("phot", "phot_err")  # the datasets this module measures
 # the attributes of both datasets, wherever they are written (here, and study.data.writer for
 # the universe and the converters)
