@@ -199,6 +199,7 @@ def warm_tables(table: tuple | None) -> None:
         flux_table_maker(*table)
     pop_mod.population()
     render_mod.renderer()
+    aperture.masks()  # imports photutils (~1 CPU-s) once here, not in every worker
 
 
 def _work(args: tuple) -> dict[str, np.ndarray]:
