@@ -24,9 +24,8 @@ FAST = {"flexzboost": {"nbump": 3, "nsharp": 3, "max_basis": 15}}
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("peers")
-    raw = universe.build_universe(400, 0, folder / "raw.h5", workers=1, progress=False)
-    return aperture.add_photometry(raw, folder / "u.h5", progress=False)
+    folder = tmp_path_factory.mktemp("peers")  # the universe writes phot/phot_err itself
+    return universe.build_universe(400, 0, folder / "u.h5", workers=1, progress=False)
 
 
 @pytest.fixture(autouse=True)
