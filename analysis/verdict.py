@@ -285,20 +285,20 @@ def study_verdict(
     zs, ids, edges = _test_split(data)
     p = peer_cdes(data, str(best["name"]))
     pred = Predictions(p=p / p.sum(axis=1, keepdims=True), zs=zs, ids=ids, edges=edges)
-    groups = {
+    groups = {  # in Table 1's order, each label's runs by seed
         str(label): [
             (pr.p, pr.zs, pr.ids, pr.edges)
             for pr in (study.predictions(study.run_dir(r)) for _, r in runs.iterrows())
         ]
-        for label, runs in frame.sort_values("seed").groupby("label", sort=False)
+        for label, runs in frame.groupby("label", sort=False)
     }
     table = verdict_table(groups, (pred.p, pred.zs, pred.ids, pred.edges), n_boot=n_boot,
                           seed=seed)  # fmt: skip
     notes = [note] if note else []
-    settings_of = {str(r["estimator"]): r["settings"] for _, r in peers.iterrows()}
     notes.append(
-        "Peers: " + "; ".join(f"{LABELS[e]} ({s})" for e, s in settings_of.items()) + "; "
-        f"informed on the training split of {source.name}, scored on its test split."
+        "Peers: " + ", ".join(LABELS[str(e)] for e in peers["estimator"]) + " (RAIL settings "
+        f"and versions: peers.csv), informed on the training split of {source.name}, scored on "
+        "its test split."
     )
     return StudyPeers(source=source, data=data, frame=peers, best=best, predictions=pred,
                       verdict=table, notes=notes)  # fmt: skip
