@@ -34,7 +34,7 @@ from study.train import train
 
 cfg = make_config("tiny", "constrained", overrides={{"run.threads": 1, "optim.epochs": 1}})
 res = train(cfg, {out!r}, data={data!r})
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED or m.startswith("study.universe"))
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED or m.startswith("study.universe") or m == "study.data.aperture")
 print("loaded:", loaded, "sigma_nmad:", res.metrics["test"]["sigma_nmad"])
 """
 

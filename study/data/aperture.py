@@ -47,11 +47,10 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from study.data.layout import ANNULUS_PX, MEASURED, PHOT_ATTRS, RADIUS_PX
 from study.errors import UserError
 from study.files import refuse_existing
 
-RADIUS_PX = 8.0  # aperture radius, pixels (3.2" at 0.396"/px)
-ANNULUS_PX = (24.0, 31.0)  # background annulus, pixels: inside the 64 x 64 frame
 CENTRE = (32.0, 32.0)  # (x, y) of the galaxy in photutils' convention (pixel centres at integers)
 SIGMA = 3.0  # sigma-clipping threshold (astropy SigmaClip's default)
 MAXITERS = 10  # sigma-clipping passes at most (astropy SigmaClip's default)
@@ -60,17 +59,8 @@ MEDIAN_VAR = np.pi / 2  # variance of a large sample's median / variance of its 
 # prefix sums are reused heap memory; at 1024 (100 MB) each block faulted in fresh pages,
 # 0.6 of 1.7 CPU-s per 4,096 galaxies in system time (measured: 4,600 vs 2,500 gal/CPU-s)
 BLOCK = 64
-MEASURED = ("phot", "phot_err")  # the datasets this module measures
 # the attributes of both datasets, wherever they are written (here, and study.data.writer for
 # the universe and the converters)
-PHOT_ATTRS = {
-    "unit": "nanomaggies",
-    "method": (
-        f"photutils circular aperture r={RADIUS_PX:g} px at (32, 32), exact weights; "
-        f"background: 3-sigma-clipped median of the {ANNULUS_PX[0]:g}-{ANNULUS_PX[1]:g} px "
-        "annulus (study.data.aperture)"
-    ),
-}
 
 
 @functools.lru_cache(maxsize=8)

@@ -25,3 +25,17 @@ def bin_centers(edges: np.ndarray) -> np.ndarray:
     """(C,) bin centres from (C + 1,) edges: the z_c of the point estimate (SPEC 3)."""
     e = np.asarray(edges, np.float64)
     return 0.5 * (e[:-1] + e[1:])
+
+
+# Measured photometry (study.data.aperture measures it; the writer stores it with these attributes)
+RADIUS_PX = 8.0  # aperture radius, pixels (3.2" at 0.396"/px)
+ANNULUS_PX = (24.0, 31.0)  # background annulus, pixels: inside the 64 x 64 frame
+MEASURED = ("phot", "phot_err")  # (N, 5) float32 nanomaggies each
+PHOT_ATTRS = {
+    "unit": "nanomaggies",
+    "method": (
+        f"photutils circular aperture r={RADIUS_PX:g} px at (32, 32), exact weights; "
+        f"background: 3-sigma-clipped median of the {ANNULUS_PX[0]:g}-{ANNULUS_PX[1]:g} px "
+        "annulus (study.data.aperture)"
+    ),
+}

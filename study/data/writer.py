@@ -19,8 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from study.data.aperture import MEASURED, PHOT_ATTRS  # numpy/h5py only (photutils: lazily)
-from study.data.layout import BANDS, FORMAT, IMAGE_SHAPE, SOURCES
+from study.data.layout import BANDS, FORMAT, IMAGE_SHAPE, MEASURED, PHOT_ATTRS, SOURCES
 from study.errors import UserError
 from study.files import refuse_existing, temporary_path
 
@@ -107,7 +106,7 @@ class DatasetWriter:
     must be written once before the context exits. On an exception the temporary file is
     deleted and nothing appears at ``path``. ``with_phot`` adds ``phot``/``phot_err`` (N, 5)
     float32 nanomaggies, measured by ``study.data.aperture.measure`` (attributes
-    ``aperture.PHOT_ATTRS``); without it the file is byte for byte what it was before they
+    ``layout.PHOT_ATTRS``); without it the file is byte for byte what it was before they
     existed.
     """
 
