@@ -29,6 +29,7 @@ gives the same numbers.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -204,6 +205,7 @@ def run_peer(cat: Catalogue, estimator: str, settings: dict[str, Any]) -> np.nda
     """
     informer_cls, estimator_cls = _stage_classes(estimator)
     _quiet_rail()
+    settings = copy.deepcopy(settings)  # RAIL fills nested options (regression_params) in place
     common = {
         "bands": BANDS,
         "err_bands": ERR_BANDS,

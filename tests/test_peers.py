@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -99,6 +100,18 @@ def test_same_inputs_same_numbers(data: Path) -> None:
     one = peers.peer_results(data, estimators=("knn",), cache=False, progress=False)
     two = peers.peer_results(data, estimators=("knn",), cache=False, progress=False)
     assert one[list(METRIC_NAMES)].equals(two[list(METRIC_NAMES)])
+
+
+def test_rail_leaves_the_settings_alone(data: Path) -> None:
+    """The settings are the cache key: RAIL must not fill them in (FlexZBoost's
+    regression_params gained learning_rate and verbosity, so no later process hit the cache)."""
+    conf = peers._settings("flexzboost", FAST)
+    before = json.dumps(conf, sort_keys=True)
+    peers.run_peer(peers.load_catalogue(data, "phot"), "flexzboost", conf)
+    assert json.dumps(conf, sort_keys=True) == before
+    assert json.dumps(peers.SETTINGS["flexzboost"]["regression_params"], sort_keys=True) == (
+        '{"max_depth": 8, "objective": "reg:squarederror"}'
+    )
 
 
 def test_non_detections_go_through_rail_as_its_nondetect_value(data: Path) -> None:
