@@ -242,9 +242,9 @@ def _digest(ds: h5py.Dataset, on_block: Callable[[int, np.ndarray], None] | None
 
 def _compose_hash(f: h5py.File, digests: dict[str, Any]) -> str:
     """The file's content hash from per-dataset digests (``writer.content_hash``, as validate)."""
-    from study.data.writer import HASHED_ATTRS, check_edges, content_hash
+    from study.data.writer import check_edges, content_hash, hashed_attrs
 
-    attrs = {key: f.attrs[key] for key in HASHED_ATTRS}
+    attrs = hashed_attrs(f.attrs)
     attrs["bin_edges"] = check_edges(attrs["bin_edges"], f.filename)
     items = [(k, f[k].dtype, f[k].shape, h.digest()) for k, h in digests.items()]
     return content_hash(items, attrs)

@@ -6,7 +6,9 @@ float32 (N, 5, C), ``split`` uint8 (N,) (0 train, 1 validation, 2 test), ``id`` 
 optional ``phot``/``phot_err`` float32 (N, 5) (measured aperture photometry, nanomaggies:
 ``study.data.aperture``; written by the universe and the converters), optional group
 ``truth/`` (synthetic data only). File attributes: ``format``, ``bands``,
-``bin_edges``, ``pixel_scale_arcsec``, ``source``, ``data_seed``, ``content_hash``.
+``bin_edges``, ``pixel_scale_arcsec``, ``source``, ``data_seed``, ``content_hash``, and with a
+flux table ``flux_table_source`` (``synthetic-exact``, ``spectra``, ``templates``; for templates
+also ``flux_table_fit_from``: ``flux`` or ``phot``).
 
 Writing lives in ``study.data.writer`` (re-exported here): identical content gives a
 byte-identical file, and ``content_hash`` depends on content only.
@@ -30,13 +32,13 @@ if TYPE_CHECKING:  # torch is imported where it is used, so converters start fas
 from study.data.layout import BANDS, FORMAT, IMAGE_SHAPE, SOURCES, SPLITS
 from study.data.writer import (  # re-exported: the dataset API is one import
     CORE_DATASETS,
-    HASHED_ATTRS,
     IMAGE_CHUNK,
     READ_ROWS,
     DatasetWriter,
     check_edges,
     content_hash,
     draw_split,
+    hashed_attrs,
     write_dataset,
 )
 from study.errors import UserError
@@ -80,6 +82,11 @@ class DatasetInfo:
     pixel_scale_arcsec: float = 0.396
     truth_fields: list[str] = field(default_factory=list)
     has_phot: bool = False  # measured photometry phot/phot_err (both or neither)
+    # what the flux table was computed from: "synthetic-exact", "spectra" or "templates" (None
+    # without a table); a file written before the attribute existed gets the only kind it could
+    # hold then (synthetic-exact for a synthetic file, spectra otherwise)
+    flux_table_source: str | None = None
+    flux_table_fit_from: str | None = None  # templates only: the photometry fitted, flux or phot
 
 
 @dataclass
@@ -196,7 +203,23 @@ def _structure(f: h5py.File, p: Path) -> DatasetInfo:
         pixel_scale_arcsec=float(f.attrs["pixel_scale_arcsec"]),
         truth_fields=truth,
         has_phot="phot" in f,
+        flux_table_source=_table_source(f),
+        flux_table_fit_from=_str_attr(f, "flux_table_fit_from"),
     )
+
+
+def _str_attr(f: h5py.File, key: str) -> str | None:
+    value = f.attrs.get(key)
+    return None if value is None else str(value.decode() if isinstance(value, bytes) else value)
+
+
+def _table_source(f: h5py.File) -> str | None:
+    if "flux_table" not in f:
+        return None
+    stored = _str_attr(f, "flux_table_source")
+    if stored is not None:
+        return stored
+    return "synthetic-exact" if str(f.attrs["source"]) == "synthetic" else "spectra"
 
 
 def read_info(path: str | os.PathLike) -> DatasetInfo:
@@ -266,7 +289,7 @@ def validate(path: str | os.PathLike, check_hash: bool = True) -> DatasetInfo:
             )
         if check_hash:
             digests = [(k, f[k].dtype, f[k].shape, h.digest()) for k, h in hashes.items()]
-            attrs = {key: f.attrs[key] for key in HASHED_ATTRS} | {"bin_edges": edges}
+            attrs = hashed_attrs(f.attrs) | {"bin_edges": edges}
             if content_hash(digests, attrs) != info.content_hash:
                 raise UserError(
                     f"{p}: attribute 'content_hash' does not match the content (modified or "
@@ -422,6 +445,8 @@ def resplit(
             with_phot=info.has_phot,
             truth=truth,
             overwrite=overwrite,
+            flux_table_source=info.flux_table_source,
+            flux_table_fit_from=info.flux_table_fit_from,
         )
         with writer:
             for s in range(0, info.n, READ_ROWS):

@@ -11,7 +11,19 @@ BANDS = "ugriz"  # the order of every 5-band axis: images, flux, flux_table, ext
 # A_b / E(B-V) of the SDSS bands (Schlafly & Finkbeiner 2011, the coefficients SDSS DR8+ applies);
 # the universe's extinction and the Dey et al. converter's magnitudes use them (SPEC 5)
 EXTINCTION_R = np.array([4.239, 3.303, 2.285, 1.698, 1.263])
+# A_b / E(B-V) of SDSS DR12's own `extinction_b` columns (Schlegel, Finkbeiner & Davis 1998
+# coefficients applied to the SFD98 E(B-V)). Hayat et al.'s files store those five A_b as
+# `e_bv`, and their code (utils/sdss_dr12_galactic_reddening.py in mahayat/ssl-sky-surveys)
+# reads E(B-V) back as mean_b(A_b / EXTINCTION_R_SFD98), then dereddens with EXTINCTION_R times
+# that E(B-V): the SF11 coefficients act on the SFD98 E(B-V), as DR8+ does and as we do.
+EXTINCTION_R_SFD98 = np.array([5.155, 3.793, 2.751, 2.086, 1.479])
 SOURCES = ("synthetic", "pasquet", "dey", "hayat")
+# what the flux table was computed from (file attribute `flux_table_source`): each galaxy's own
+# exact SED (the universe), a measured spectrum (convert --spectra), or kcorrect templates fitted
+# to its photometry (study.data.templates); for `templates`, `flux_table_fit_from` says which
+# photometry: the catalogue `flux` or the measured `phot`
+FLUX_TABLE_SOURCES = ("synthetic-exact", "spectra", "templates")
+FIT_INPUTS = ("flux", "phot")
 SPLITS = {"train": 0, "val": 1, "test": 2}  # the `split` dataset's codes
 IMAGE_SHAPE = (len(BANDS), 64, 64)
 

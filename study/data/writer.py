@@ -19,7 +19,16 @@ from typing import Any
 import h5py
 import numpy as np
 
-from study.data.layout import BANDS, FORMAT, IMAGE_SHAPE, MEASURED, PHOT_ATTRS, SOURCES
+from study.data.layout import (
+    BANDS,
+    FIT_INPUTS,
+    FLUX_TABLE_SOURCES,
+    FORMAT,
+    IMAGE_SHAPE,
+    MEASURED,
+    PHOT_ATTRS,
+    SOURCES,
+)
 from study.errors import UserError
 from study.files import refuse_existing, temporary_path
 
@@ -107,7 +116,10 @@ class DatasetWriter:
     deleted and nothing appears at ``path``. ``with_phot`` adds ``phot``/``phot_err`` (N, 5)
     float32 nanomaggies, measured by ``study.data.aperture.measure`` (attributes
     ``layout.PHOT_ATTRS``); without it the file is byte for byte what it was before they
-    existed.
+    existed. ``flux_table_source`` (with a flux table): ``synthetic-exact``, ``spectra`` or
+    ``templates`` (then ``flux_table_fit_from``: ``flux`` or ``phot``); None means the only
+    tables that existed before the attribute did: ``synthetic-exact`` for a synthetic file,
+    ``spectra`` otherwise.
     """
 
     def __init__(
@@ -124,6 +136,8 @@ class DatasetWriter:
         with_phot: bool = False,
         truth: dict[str, tuple[tuple[int, ...], Any]] | None = None,
         overwrite: bool = False,
+        flux_table_source: str | None = None,
+        flux_table_fit_from: str | None = None,
     ) -> None:
         self.path = refuse_existing(path, overwrite=overwrite)
         if n < 1:
@@ -142,6 +156,7 @@ class DatasetWriter:
             "source": source,
             "data_seed": int(data_seed),
         }
+        self.attrs |= table_attrs(with_flux_table, source, flux_table_source, flux_table_fit_from)
         c = self.edges.size - 1
         self.specs: dict[str, tuple[tuple[int, ...], np.dtype, tuple[int, ...] | None]] = {
             "images": (
@@ -286,13 +301,39 @@ class DatasetWriter:
 
 
 HASHED_ATTRS = ("format", "bands", "bin_edges", "pixel_scale_arcsec", "source", "data_seed")
+# hashed when present: a file written before they existed keeps its hash
+OPTIONAL_HASHED_ATTRS = ("flux_table_source", "flux_table_fit_from")
+
+
+def table_attrs(
+    with_table: bool, source: str, table_source: str | None, fit_from: str | None
+) -> dict[str, str]:
+    """The flux-table attributes of a new file (checked), empty without a table."""
+    if not with_table:
+        return {}
+    if table_source is None:  # the two kinds that existed before the attribute did
+        table_source = "synthetic-exact" if source == "synthetic" else "spectra"
+    if table_source not in FLUX_TABLE_SOURCES:
+        raise ValueError(f"flux_table_source must be in {FLUX_TABLE_SOURCES}: {table_source!r}")
+    wanted = FIT_INPUTS if table_source == "templates" else (None,)
+    if fit_from not in wanted:
+        raise ValueError(f"flux_table_fit_from must be in {wanted} here, got {fit_from!r}")
+    out = {"flux_table_source": table_source}
+    return out | ({"flux_table_fit_from": fit_from} if fit_from is not None else {})
+
+
+def hashed_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The attributes ``content_hash`` covers, taken from a file's (or a writer's) attributes."""
+    out = {key: attrs[key] for key in HASHED_ATTRS}
+    return out | {key: attrs[key] for key in OPTIONAL_HASHED_ATTRS if key in attrs}
 
 
 def content_hash(
     digests: Iterable[tuple[str, np.dtype, tuple[int, ...], bytes]], attrs: Mapping[str, Any]
 ) -> str:
     """The file's ``content_hash``: SHA-256 over each dataset's (name, dtype, shape, SHA-256 of
-    its bytes), in name order, then over the attributes of ``HASHED_ATTRS``.
+    its bytes), in name order, then over the attributes of ``HASHED_ATTRS`` and those of
+    ``OPTIONAL_HASHED_ATTRS`` that are present.
 
     The writer feeds it the digests it computed while writing; ``dataset.validate`` the ones it
     computes while reading the file back: the same function, so the two cannot drift.
@@ -303,6 +344,9 @@ def content_hash(
         h.update(digest)
     for key in HASHED_ATTRS:
         h.update(f"{key}={_attr_bytes(attrs[key]).hex()};".encode())
+    for key in OPTIONAL_HASHED_ATTRS:
+        if key in attrs:
+            h.update(f"{key}={_attr_bytes(attrs[key]).hex()};".encode())
     return h.hexdigest()
 
 

@@ -358,6 +358,7 @@ def build_universe(
         with_phot=True,
         truth=CATALOGUE_TRUTH | IMAGE_TRUTH,
         overwrite=overwrite,
+        flux_table_source="synthetic-exact",
     )
     with source, writer:
         bar = tqdm(total=n, unit="gal", desc=f"universe {path.name}", disable=not progress)
