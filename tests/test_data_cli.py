@@ -132,3 +132,19 @@ def test_module_entry_point_exit_code(tmp_path):
         text=True,
     )
     assert run_.returncode == 2 and run_.stderr.startswith("error: ")
+
+
+def test_flux_table_command_and_inspect(tmp_path, capsys):
+    src = make_pasquet(tmp_path / "ex.npz")
+    plain = tmp_path / "d.h5"
+    assert run(capsys, "convert", "--format", "pasquet", src, "--out", plain)[0] == 0
+    rc, _, err = run(capsys, "flux-table", plain, "--from", "flux")
+    assert_user_error(rc, err, "'flux' is unknown", "--from phot")
+    out = tmp_path / "t.h5"
+    rc, stdout, _ = run(capsys, "flux-table", plain, "--from", "phot", "--out", out)
+    assert rc == 0 and "wrote" in stdout
+    assert "flux table: absent" in run(capsys, "inspect", plain)[1]
+    rc, stdout, _ = run(capsys, "inspect", out)
+    assert rc == 0 and "flux table: present (templates, fitted to 'phot')" in stdout
+    rc, _, err = run(capsys, "flux-table", out, "--from", "phot")
+    assert_user_error(rc, err, "already has a flux_table", "--replace")

@@ -12,12 +12,13 @@ import pytest
 
 from study.data import aperture
 from study.data.dataset import validate
-from study.data.formats import convert
-from study.data.layout import EXTINCTION_R
+from study.data.formats import convert, hayat_ebv
+from study.data.layout import EXTINCTION_R, EXTINCTION_R_SFD98
 from study.data.photometry import flux_table
 from study.errors import UserError
 
 N = 12
+EXTINCTION_R_DR12 = np.array([5.155, 3.793, 2.751, 2.086, 1.479])  # SFD98, SDSS DR12 (by hand)
 
 
 def cube(n: int = N, seed: int = 0) -> np.ndarray:
@@ -58,7 +59,8 @@ def make_hayat(path, n=N, images=None):
             rng.normal(size=(n, 5, 107, 107)).astype(np.float32) if images is None else images
         )
         f["specz_redshift"] = labels(n)["z"]
-        f["e_bv"] = labels(n)["EBV"].astype(np.float64)[:, None] * EXTINCTION_R  # A_b
+        # DR12's A_b, made with the SFD98 coefficients (as Hayat et al.'s files are)
+        f["e_bv"] = labels(n)["EBV"].astype(np.float64)[:, None] * EXTINCTION_R_DR12
         f["specObjID"] = labels(n)["specObjID"]
         f["ra"], f["dec"] = rng.uniform(0, 360, n), rng.uniform(-10, 60, n)
     return path
@@ -88,11 +90,14 @@ def test_dey_round_trip_with_spectra(tmp_path):
         np.testing.assert_array_equal(f["zs"][:], lab["z"])
         np.testing.assert_array_equal(f["ebv"][:], lab["EBV"])
         np.testing.assert_array_equal(f["id"][:], lab["specObjID"].astype(np.int64))
-        observed = (
-            np.stack([lab[f"dered_petro_{b}"] for b in "ugriz"], 1)
-            + EXTINCTION_R * lab["EBV"][:, None]
-        )
-        np.testing.assert_allclose(f["flux"][:], 10 ** (-0.4 * (observed - 22.5)), rtol=1e-5)
+        # SDSS asinh magnitudes (Lupton et al. 1999): m = -(2.5 / ln 10) (asinh(f / 2b) + ln b),
+        # softening b of SDSS's ugriz (EDR paper), reddened back with the SF11 R E(B-V)
+        soft = np.array([1.4e-10, 0.9e-10, 1.2e-10, 1.8e-10, 7.4e-10])
+        mag = np.stack([lab[f"dered_petro_{b}"] for b in "ugriz"], 1).astype(np.float64)
+        maggies = 2 * soft * np.sinh(-0.4 * np.log(10) * mag - np.log(soft))
+        want = 1e9 * maggies * 10 ** (-0.4 * EXTINCTION_R * lab["EBV"][:, None])
+        np.testing.assert_allclose(f["flux"][:], want, rtol=2e-6)
+        assert info.flux_table_source == "spectra" and info.flux_table_fit_from is None
         table = f["flux_table"][:]
         # measured in chunks of 5 with no gain (real cutouts carry none): background-limited
         want = aperture.measure(cube().transpose(0, 3, 1, 2), gain=None)
@@ -215,3 +220,43 @@ def test_conversion_memory_is_bounded(tmp_path):
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     growth_mb = float(run.stdout.strip())
     assert growth_mb < 60, f"peak RSS grew by {growth_mb:.0f} MB converting a 123 MB cube"
+
+
+def test_hayat_ebv_is_read_with_the_coefficients_the_file_was_made_with():
+    """Hand computation of Hayat et al.'s reading: A_b / R_b^SFD98 averaged over the bands."""
+    ebv = np.array([0.02, 0.05, 0.1])
+    a_b = ebv[:, None] * EXTINCTION_R_DR12  # what DR12 stores as `extinction_b`
+    a_b[1] *= [1.01, 0.99, 1.0, 1.02, 0.98]  # rounding-like scatter: the mean of the ratios
+    want = np.array([0.02, np.mean(0.05 * np.array([1.01, 0.99, 1.0, 1.02, 0.98])), 0.1])
+    np.testing.assert_allclose(hayat_ebv(a_b), want, rtol=1e-12)
+    # the old reading (least squares on the SF11 set) is ~1.19x too large on their files
+    old = a_b @ EXTINCTION_R / (EXTINCTION_R @ EXTINCTION_R)
+    ratio = (EXTINCTION_R_DR12 @ EXTINCTION_R) / (EXTINCTION_R @ EXTINCTION_R)
+    np.testing.assert_allclose(old[[0, 2]] / ebv[[0, 2]], ratio)
+    assert 1.18 < ratio < 1.20
+    np.testing.assert_array_equal(EXTINCTION_R_SFD98, EXTINCTION_R_DR12)
+
+
+def test_template_tables_from_catalogue_fluxes_or_phot(tmp_path):
+    """dey carries catalogue fluxes (dered_petro_*): fitted to those; pasquet's example has none:
+    fitted to the measured phot. The file says which, and T is the templates' own."""
+    from study.data import templates
+
+    d = convert("dey", make_dey(tmp_path / "sdss.npz"), tmp_path / "d.h5", allow_pickle=True,
+                flux_table="templates", chunk=5, progress=False)  # fmt: skip
+    p = convert("pasquet", make_pasquet(tmp_path / "p.npz"), tmp_path / "p.h5",
+                flux_table="templates", progress=False)  # fmt: skip
+    centers = np.linspace(0, 0.4, 181)[:-1] + 0.4 / 360
+    for path, fit_from in ((d, "flux"), (p, "phot")):
+        info = validate(path)
+        assert (info.flux_table_source, info.flux_table_fit_from) == ("templates", fit_from)
+        with h5py.File(path) as f:
+            err = f["phot_err"][:] if fit_from == "phot" else None
+            want = templates.table_for_rows(
+                f["zs"][:], f["ebv"][:], f[fit_from][:], err, centers, info.source
+            )
+            np.testing.assert_array_equal(f["flux_table"][:], want)
+    with h5py.File(d) as f:
+        assert np.isfinite(f["flux_table"][:]).all()  # five positive catalogue fluxes each
+    with pytest.raises(UserError, match="--flux-table spectra needs --spectra"):
+        convert("pasquet", tmp_path / "p.npz", tmp_path / "q.h5", flux_table="spectra")

@@ -27,6 +27,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
         args.input,
         args.out,
         spectra=args.spectra,
+        flux_table=args.flux_table,
         data_seed=args.data_seed,
         allow_pickle=args.allow_pickle,
         overwrite=args.force,
@@ -83,9 +84,15 @@ def cmd_inspect(args: argparse.Namespace) -> None:
             frac = " ".join(
                 f"{b} {100 * u / info.n:.1f}%" for b, u in zip(BANDS, usable, strict=True)
             )
-            print(f"  flux table: present; usable band rows: {frac}")
+            kind = str(info.flux_table_source)
+            if info.flux_table_fit_from:
+                kind += f", fitted to '{info.flux_table_fit_from}'"
+            print(f"  flux table: present ({kind}); usable band rows: {frac}")
         else:
-            print("  flux table: absent (convert with --spectra to add one)")
+            print(
+                "  flux table: absent (convert with --spectra, or add one from templates: "
+                "`python -m study.data flux-table FILE --from flux|phot`)"
+            )
         if info.has_phot:
             phot = f["phot"][:]
             measured = np.isfinite(phot).all(axis=1).mean()
@@ -118,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--spectra", type=Path, help="HDF5 with specObjID, wave (A), flux: builds the flux table"
     )
+    p.add_argument(
+        "--flux-table",
+        choices=("spectra", "templates"),
+        help="build the flux table from --spectra, or from kcorrect templates fitted to the "
+        "catalogue fluxes (else the measured phot); default: spectra when --spectra is given",
+    )
     p.add_argument("--data-seed", type=int, default=0, help="seed of the train/val/test split")
     p.add_argument(
         "--allow-pickle", action="store_true", help="read pickled labels (dey); trusted files only"
@@ -142,10 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_split)
 
     from study.data.aperture import add_photometry_parser
+    from study.data.templates import add_flux_table_parser
     from study.universe.build import add_universe_parser
 
     add_universe_parser(sub)
     add_photometry_parser(sub)
+    add_flux_table_parser(sub)
     return parser
 
 

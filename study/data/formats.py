@@ -7,15 +7,25 @@
 - ``pasquet``: Pasquet et al.'s example file (npz or HDF5): ``data`` (N, 64, 64, 5), ``z`` and
   ``ebv`` (N, 1) or (N,); ids are the row numbers.
 - ``hayat``: Hayat et al.'s HDF5: ``images`` (N, 5, 107, 107) centre-cropped to 64 x 64,
-  ``specz_redshift``, ``e_bv`` (N, 5) band extinctions A_b turned into E(B-V) by least squares
-  with the SDSS R_b = (4.239, 3.303, 2.285, 1.698, 1.263), ``specObjID``.
+  ``specz_redshift``, ``e_bv`` (N, 5): SDSS DR12's band extinctions A_b, made with the SFD98
+  coefficients (5.155, 3.793, 2.751, 2.086, 1.479) = ``layout.EXTINCTION_R_SFD98``; E(B-V) is
+  read back as their own code reads it (utils/sdss_dr12_galactic_reddening.py in
+  mahayat/ssl-sky-surveys): mean_b(A_b / R_b^SFD98), the SFD98 E(B-V), to which they (and we:
+  ``EXTINCTION_R``) apply the SF11 coefficients. Dividing by the SF11 set instead gave an
+  E(B-V) about 1.19x too large. ``specObjID``.
 
 Images are read in chunks (npz members are streamed through zipfile, never loaded whole), so a
 600,000-galaxy input converts in bounded memory. ``flux`` (catalogue band fluxes, nanomaggies
-as observed) is NaN unless the labels carry all five ``dered_petro_<band>`` magnitudes, which
-are reddened back with R_b E(B-V). An optional spectra file (HDF5: ``specObjID`` (M,), ``wave``
-(L,) in A, ``flux`` (M, L) in erg/s/cm^2/A, on any common scale) gives the flux table; galaxies
-without a spectrum get all-NaN flux-table rows (masked by the flux loss).
+as observed) is NaN unless the labels carry all five ``dered_petro_<band>`` magnitudes: SDSS
+asinh magnitudes (SDSS system, dereddened with the SF11 R_b E(B-V) of DR8+), turned into maggies
+with ``kcorrect.utils.sdss_asinh_to_maggies`` and reddened back with R_b E(B-V) (no AB offset:
+``flux`` stays in the catalogue's system; the template fit applies kcorrect's
+``sdss_ab_correct``). The flux table comes from an optional spectra file (``--spectra``: HDF5
+with ``specObjID`` (M,), ``wave`` (L,) in A, ``flux`` (M, L) in erg/s/cm^2/A, on any common
+scale; galaxies without a spectrum get all-NaN rows, masked by the flux loss), or from kcorrect
+templates fitted to each galaxy's photometry (``flux_table="templates"``: the catalogue
+``flux`` where the input carries it, else the measured ``phot``; ``study.data.templates``). The
+file's ``flux_table_source`` (and ``flux_table_fit_from``) say which.
 
 ``phot``/``phot_err`` are measured from each converted chunk's cutouts as stored (after the
 cast to ``image_dtype``) by ``study.data.aperture.measure`` with ``gain=None``: real cutouts
@@ -37,11 +47,18 @@ import numpy as np
 
 from study.data import aperture
 from study.data.dataset import DatasetWriter, draw_split
-from study.data.layout import BANDS, EXTINCTION_R, bin_centers, bin_edges
+from study.data.layout import (
+    BANDS,
+    EXTINCTION_R,
+    EXTINCTION_R_SFD98,
+    bin_centers,
+    bin_edges,
+)
 from study.errors import UserError
 from study.files import refuse_existing
 
 FORMATS = ("dey", "pasquet", "hayat")
+TABLES = ("spectra", "templates")  # what convert builds the flux table from
 CROP = 64
 
 
@@ -178,9 +195,12 @@ def _open_dey(path: Path, allow_pickle: bool) -> _Source:
     src.ids = _ids(path, "labels.specObjID", labels[names["specobjid"]], src.n)
     mags = [names.get(f"dered_petro_{b}") for b in BANDS]
     if all(mags):
+        from kcorrect.utils import sdss_asinh_to_maggies
+
         dered = np.stack([np.asarray(labels[m], np.float64) for m in mags], axis=1)
-        observed = dered + EXTINCTION_R * src.ebv[:, None]  # magnitudes as observed
-        src.flux = (10 ** (-0.4 * (observed - 22.5))).astype(np.float32)  # nanomaggies
+        maggies = np.asarray(sdss_asinh_to_maggies(mag=dered), np.float64)  # dereddened
+        redden = 10 ** (-0.4 * EXTINCTION_R * src.ebv[:, None].astype(np.float64))
+        src.flux = (maggies * 1e9 * redden).astype(np.float32)  # nanomaggies as observed
     return src
 
 
@@ -229,13 +249,19 @@ def _open_hayat(path: Path) -> _Source:
         src = _H5Source(path, "images", n, crop=(107 - CROP) // 2, channels_last=False)
         src.zs = _column(path, "specz_redshift", f["specz_redshift"][:], n).astype(np.float64)
         ext = np.asarray(f["e_bv"][:], np.float64)
-        if ext.shape == (n, 5):  # A_b per band -> least-squares E(B-V) = sum A_b R_b / sum R_b^2
-            ebv = ext @ EXTINCTION_R / (EXTINCTION_R @ EXTINCTION_R)
+        if ext.shape == (n, 5):  # DR12's A_b (SFD98 coefficients) -> E(B-V), as Hayat et al.
+            ebv = hayat_ebv(ext)
         else:
             ebv = _column(path, "e_bv", ext, n)
         src.ebv = ebv.astype(np.float32)
         src.ids = _ids(path, "specObjID", f["specObjID"][:], n)
     return src
+
+
+def hayat_ebv(extinction: np.ndarray) -> np.ndarray:
+    """E(B-V) (N,) from Hayat et al.'s ``e_bv`` (N, 5), DR12's A_b, exactly as their code reads it:
+    ``np.mean(A_b / R_dr12)`` with the SFD98 coefficients of DR12 (``EXTINCTION_R_SFD98``)."""
+    return np.mean(np.asarray(extinction, np.float64) / EXTINCTION_R_SFD98, axis=1)
 
 
 def _hdf5(path: Path) -> None:
@@ -322,6 +348,7 @@ def convert(
     out: str | os.PathLike,
     *,
     spectra: str | os.PathLike | None = None,
+    flux_table: str | None = None,
     data_seed: int = 0,
     allow_pickle: bool = False,
     overwrite: bool = False,
@@ -335,11 +362,25 @@ def convert(
 
     Pixels are checked while streaming; a NaN/inf pixel aborts with the galaxy's index and
     leaves no output behind (the file is written under a temporary name and renamed at the end).
+
+    Args:
+        spectra: a spectra file: the flux table from them (``flux_table`` "spectra" or None).
+        flux_table: None (a table only with ``spectra``), "spectra" (needs ``spectra``) or
+            "templates" (kcorrect templates fitted to the catalogue ``flux``, else to ``phot``).
     """
     from tqdm import tqdm
 
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    if flux_table is None and spectra is not None:
+        flux_table = "spectra"
+    if flux_table not in (None, *TABLES):
+        raise UserError(f"--flux-table must be one of {TABLES}, got {flux_table!r}")
+    if (flux_table == "spectra") != (spectra is not None):
+        raise UserError(
+            "--flux-table spectra needs --spectra FILE, and --spectra goes with it alone; "
+            "for a table without spectra pass --flux-table templates"
+        )
     src_path = Path(src_path)
     if not src_path.is_file():
         raise UserError(f"{src_path}: no such input file; check the path")
@@ -355,6 +396,13 @@ def convert(
     edges = bin_edges(n_bins, z_max)
     centers = bin_centers(edges)
     split = draw_split(src.n, data_seed)
+    fit_from = None
+    if flux_table == "templates":
+        from study.data import templates
+
+        templates.check_centers(centers, str(src_path))
+        # the catalogue fluxes where the input has them (dey's dered_petro_*), else the cutouts'
+        fit_from = "flux" if np.isfinite(src.flux).all(axis=1).any() else "phot"
     writer = DatasetWriter(
         out,
         src.n,
@@ -362,9 +410,11 @@ def convert(
         source=fmt,
         data_seed=data_seed,
         image_dtype=image_dtype,
-        with_flux_table=spec is not None,
+        with_flux_table=flux_table is not None,
         with_phot=True,
         overwrite=overwrite,
+        flux_table_source=flux_table,
+        flux_table_fit_from=fit_from,
     )
     with (
         writer,
@@ -385,6 +435,11 @@ def convert(
             stored = images.astype(image_dtype, copy=False)  # measured as the file keeps them
             with np.errstate(over="ignore", invalid="ignore"):  # a float16 overflow is
                 phot, phot_err = aperture.measure(stored)  # reported by the writer just below
+            if fit_from is not None:
+                flux, err = (src.flux[rows], None) if fit_from == "flux" else (phot, phot_err)
+                table = templates.table_for_rows(
+                    src.zs[rows], src.ebv[rows], flux, err, centers, fmt
+                )
             writer.write(
                 start,
                 images=images,
