@@ -212,6 +212,14 @@ class SmallCNN(nn.Module):
         (B, num_features). ``ebv`` is needed only with ``deredden``.
         """
         x = centre_crop(x, self.crop)
+        trunk = self.pool(self.trunk(scale_input(x)))
+        return torch.cat(
+            [trunk, self.aperture_mlp(self.aperture_norm(self.aperture_mags(x, ebv)))], dim=1
+        )
+
+    def aperture_mags(self, x: torch.Tensor, ebv: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 5 * K) asinh aperture magnitudes (dereddened with ``deredden``) of the crop."""
+        x = centre_crop(x, self.crop)
         b = x.shape[0]
         w = self.aperture_weights.to(x.dtype)
         flux = (x.reshape(b, N_BANDS, -1) @ w).transpose(1, 2)  # (B, K, 5) nanomaggies
@@ -220,9 +228,7 @@ class SmallCNN(nn.Module):
                 raise ValueError("SmallCNN(deredden=True) needs ebv")
             a_b = self.extinction_r.to(x.dtype)[None, :] * ebv.reshape(-1, 1).to(x.dtype)
             flux = flux * torch.exp(_MAG_TO_LN * a_b)[:, None, :]
-        mags = torch.asinh(flux.reshape(b, -1) / APERTURE_SOFTENING)  # (B, K * 5)
-        trunk = self.pool(self.trunk(scale_input(x)))
-        return torch.cat([trunk, self.aperture_mlp(self.aperture_norm(mags))], dim=1)
+        return torch.asinh(flux.reshape(b, -1) / APERTURE_SOFTENING)  # (B, K * 5)
 
 
 def _backbone(arch: str, small_cnn: dict[str, Any] | None = None) -> tuple[nn.Module, int]:
