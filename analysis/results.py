@@ -188,7 +188,8 @@ def load_trained_model(
     Reads ``config.yaml`` and the model state of ``checkpoint/state.pt`` (study.train's
     checkpoint: a dict whose ``"model"`` entry is the state_dict).
     """
-    from study.model import build_model
+    from study.config import config_from_dict
+    from study.model import model_from_config
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
@@ -196,12 +197,10 @@ def load_trained_model(
     if not ckpt.is_file():
         raise UserError(f"{ckpt}: checkpoint is missing (was the run finished?); {_FIX}")
     m = config.get("model", {})
-    model = build_model(
-        m.get("arch", "resnet50_hayat"),
-        n_bins=int(m.get("n_bins", 180)),
-        hidden=int(m.get("hidden", 1024)),
-    )
+    model = model_from_config(config_from_dict(config, where=str(run_dir / "config.yaml")).model)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if state.get("reported") is not None:  # optim.reported=best_val_ce: the run's model
+        state = state["reported"]
     try:
         model.load_state_dict(state["model"] if "model" in state else state)
     except (RuntimeError, KeyError) as exc:

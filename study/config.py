@@ -59,6 +59,18 @@ class ModelConfig:
     z_max: float = 0.4
     # width of the hidden fully connected layer before E(B-V) is concatenated
     hidden: int = 1024
+    # small_cnn only (the other archs ignore these four fields): side in px of the central crop the
+    # network sees, both its conv trunk and its apertures (64 = the whole cutout; 32 costs about
+    # a quarter: half-light radii are a few px). The trainer crops each batch to it before
+    # augmenting, so augmentation works on what the network sees. Even: centred, D4-symmetric.
+    crop: int = 64
+    # small_cnn only: sigmas in px of the centred Gaussian apertures (on the crop) whose band
+    # fluxes feed its colour path
+    apertures: tuple[float, ...] = (4.0,)
+    # small_cnn only: width of a hidden Linear + ReLU on the aperture fluxes (0 = none)
+    aperture_hidden: int = 0
+    # small_cnn only: deredden the aperture fluxes with E(B-V) and the SDSS R_b before asinh
+    deredden: bool = False
 
 
 @dataclass
@@ -71,6 +83,11 @@ class LossConfig:
     # random D4 element + background resampling of every training batch (the paper's
     # "augmented" input pipeline)
     augment: bool = False
+    # training target of the CE and CDE terms: 0 = the bin holding zs (paper); > 0 =
+    # N(zs, target_sigma^2) integrated over the bins (redshift units), so neighbouring bins
+    # share the target and it keeps where in its bin zs lies. Training only: validation CE (the
+    # schedule's signal) and every metric use the bin holding zs.
+    target_sigma: float = 0.0
 
 
 @dataclass
@@ -83,6 +100,15 @@ class OptimConfig:
     plateau_factor: float = 0.1
     plateau_patience: int = 2
     eval_batch_size: int = 512  # galaxies per forward pass when evaluating (no gradients)
+    # "plateau": ReduceLROnPlateau above (paper); "onecycle": torch's OneCycleLR stepped per
+    # batch, cosine warm-up from lr/25 to lr over warmup_frac of the steps, then cosine down
+    # to lr/25e4 at the last step (Smith & Topin 2019): it ends low whatever the epochs
+    schedule: Literal["plateau", "onecycle"] = "plateau"
+    warmup_frac: float = 0.25  # onecycle only: fraction of the steps spent rising to lr
+    # the model that is evaluated on the test set and saved as the run's model: "last" epoch's
+    # (paper), or "best_val_ce": the epoch with the lowest validation cross entropy (the
+    # schedule's signal); metrics.json names it (reported_epoch)
+    reported: Literal["last", "best_val_ce"] = "last"
 
 
 @dataclass
@@ -121,17 +147,27 @@ _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     # standard ResNet50 stem (stride-2 conv + max-pool): about 16x fewer FLOPs
     "fast": {"data.image_dtype": "float16", "model.arch": "resnet50"},
     "resnet18": {"data.image_dtype": "float16", "model.arch": "resnet18"},
-    # a small CNN on a small universe: one baseline trial is about a minute of CPU time on one
-    # thread (a constrained one about twice that). With ~3,000 training galaxies lr 1e-3
-    # overfits after the third epoch (validation CDE loss turns positive by the fifth); lr 3e-4
-    # for 4 epochs gave the best seed-0 baseline (test sigma_nmad 0.028 vs 0.032 at 1e-3 x 3,
-    # validation cde_loss -6.6 vs -5.3; universe v2).
+    # a small CNN on a small universe, trained to convergence in about a CPU minute per
+    # baseline trial (issue 12; each lever measured in README "The demo preset"): the central
+    # 24 px (9.5") of the cutout (a quarter of the conv cost of 64 px with crop-then-augment),
+    # band fluxes in Gaussian apertures of sigma 2, 4, 8 px, dereddened, through a hidden layer
+    # of 512 beside the conv trunk, head width 512; one-cycle lr up to 3e-3 over 20 epochs of
+    # batch 64; CE and CDE targets smoothed by a Gaussian of sigma 0.008 in z; the reported
+    # model is the epoch of lowest validation CE.
     "demo": {
         "data.universe_n": 4000,
         "model.arch": "small_cnn",
-        "optim.batch_size": 32,
-        "optim.epochs": 4,
-        "optim.lr": 3e-4,
+        "model.crop": 24,
+        "model.apertures": (2.0, 4.0, 8.0),
+        "model.aperture_hidden": 512,
+        "model.deredden": True,
+        "model.hidden": 512,
+        "loss.target_sigma": 0.008,
+        "optim.batch_size": 64,
+        "optim.epochs": 20,
+        "optim.lr": 3e-3,
+        "optim.schedule": "onecycle",
+        "optim.reported": "best_val_ce",
     },
     # unit tests: seconds on a CPU
     "tiny": {
@@ -283,6 +319,12 @@ def _check_ranges(cfg: Config, where: str) -> None:
         ("model.n_bins", cfg.model.n_bins >= 2, ">= 2"),
         ("model.z_max", cfg.model.z_max > 0, "> 0"),
         ("model.hidden", cfg.model.hidden >= 1, ">= 1"),
+        ("model.crop", 8 <= cfg.model.crop <= 64 and cfg.model.crop % 2 == 0, "even, in [8, 64]"),
+        ("model.apertures", len(cfg.model.apertures) >= 1, "at least one sigma"),
+        ("model.apertures", all(a > 0 for a in cfg.model.apertures), "positive sigmas (px)"),
+        ("model.aperture_hidden", cfg.model.aperture_hidden >= 0, ">= 0"),
+        ("loss.target_sigma", cfg.loss.target_sigma >= 0, ">= 0"),
+        ("optim.warmup_frac", 0 < cfg.optim.warmup_frac < 1, "in (0, 1)"),
         ("optim.lr", cfg.optim.lr > 0, "> 0"),
         ("optim.batch_size", cfg.optim.batch_size >= 2, ">= 2 (batch norm)"),
         ("optim.epochs", cfg.optim.epochs >= 1, ">= 1"),
@@ -324,6 +366,14 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, key, where)
+    if origin is tuple:  # tuple[float, ...]: a YAML list, or "2,4,8" on the command line
+        (inner, _) = typing.get_args(tp)
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not items:
+            raise UserError(f"{where}: {key}={value!r} is not a list; e.g. {key}=2,4,8")
+        return tuple(
+            _coerce(v.strip() if isinstance(v, str) else v, inner, key, where) for v in items
+        )
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:

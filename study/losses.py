@@ -38,10 +38,34 @@ def bin_index(zs: torch.Tensor, edges: torch.Tensor | Sequence[float]) -> torch.
 
 
 def cross_entropy(
-    logits: torch.Tensor, zs: torch.Tensor, edges: torch.Tensor | Sequence[float]
+    logits: torch.Tensor,
+    zs: torch.Tensor,
+    edges: torch.Tensor | Sequence[float],
+    target_sigma: float = 0.0,
 ) -> torch.Tensor:
-    """Cross entropy of softmax(logits) (B, C) against the bin holding zs; batch mean."""
-    return F.cross_entropy(logits.float(), bin_index(zs.float(), edges))
+    """Cross entropy of softmax(logits) (B, C) against the bin holding zs; batch mean.
+
+    With ``target_sigma > 0`` (redshift units) the target is ``gaussian_targets`` instead of
+    the one-hot bin: ``-sum_c q_c log p_c``.
+    """
+    if target_sigma <= 0:
+        return F.cross_entropy(logits.float(), bin_index(zs.float(), edges))
+    q = gaussian_targets(zs, edges, target_sigma)
+    return -(q * torch.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+def gaussian_targets(
+    zs: torch.Tensor, edges: torch.Tensor | Sequence[float], sigma: float
+) -> torch.Tensor:
+    """(B, C) soft targets: the mass of N(zs, sigma^2) in each bin, renormalised to sum to 1.
+
+    Computed in float64 from the normal CDF at the edges, so a target keeps where inside its
+    bin zs lies; the mass beyond the end edges is folded back by the renormalisation.
+    """
+    e = torch.as_tensor(edges, device=zs.device).to(torch.float64)  # (C + 1,)
+    u = (e[None, :] - zs.to(torch.float64)[:, None]) / sigma  # (B, C + 1)
+    mass = torch.diff(torch.special.ndtr(u), dim=1).clamp(min=0)  # (B, C)
+    return (mass / mass.sum(dim=1, keepdim=True)).float()
 
 
 def l2_penalty(model: nn.Module) -> torch.Tensor:
@@ -142,16 +166,25 @@ def invariance_loss(p: torch.Tensor, p_view: torch.Tensor) -> torch.Tensor:
 
 
 def cde_loss(
-    p: torch.Tensor, zs: torch.Tensor, edges: torch.Tensor | Sequence[float]
+    p: torch.Tensor,
+    zs: torch.Tensor,
+    edges: torch.Tensor | Sequence[float],
+    target_sigma: float = 0.0,
 ) -> torch.Tensor:
     """P_cde (Izbicki & Lee 2017): sum_c f_c^2 dz_c - 2 f_{c(zs)}, f = p / dz; batch mean.
 
-    In density units (1 / redshift); a perfect delta-like CDE tends to -1 / dz.
+    In density units (1 / redshift); a perfect delta-like CDE tends to -1 / dz. With
+    ``target_sigma > 0`` (a training target, as in ``cross_entropy``) ``f_{c(zs)}`` becomes
+    its expectation under ``gaussian_targets``, ``sum_c q_c f_c``: the term is then minimised
+    by p = q instead of a spike in one bin.
     """
     e = _edges(edges, p)
     dz = e[1:] - e[:-1]  # (C,)
     f = p / dz  # (B, C) density
-    f_true = f.gather(1, bin_index(zs, e)[:, None]).squeeze(1)  # (B,)
+    if target_sigma > 0:
+        f_true = (gaussian_targets(zs, e, target_sigma).to(f.dtype) * f).sum(dim=1)  # (B,)
+    else:
+        f_true = f.gather(1, bin_index(zs, e)[:, None]).squeeze(1)  # (B,)
     return ((f**2 * dz).sum(dim=1) - 2.0 * f_true).mean()
 
 
@@ -163,6 +196,7 @@ def loss_terms(
     *,
     flux_table: torch.Tensor | None = None,
     logits_view: torch.Tensor | None = None,
+    target_sigma: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Every term of SPEC 2 for one batch: ce, l2, flux, cde, inv, each a scalar tensor.
 
@@ -180,6 +214,8 @@ def loss_terms(
         flux_table: (B, 5, C) the batch's T (``flux_loss``), or None.
         logits_view: (B, C) the network's outputs for the second view ``Theta(B(x))`` of the
             same galaxies (``invariance_loss``; gradients flow through both), or None.
+        target_sigma: the Gaussian target width in redshift of the CE and CDE terms
+            (``loss.target_sigma``; 0 = the bin holding zs).
 
     Returns:
         ``{"ce", "l2", "flux", "cde", "inv"}``, in the order ``total_loss`` adds them (the
@@ -188,9 +224,9 @@ def loss_terms(
     """
     p = torch.softmax(logits.float(), dim=1)  # (B, C)
     nan = torch.full((), float("nan"), device=logits.device)
-    terms = {"ce": cross_entropy(logits, zs, edges), "l2": l2_penalty(model)}
+    terms = {"ce": cross_entropy(logits, zs, edges, target_sigma), "l2": l2_penalty(model)}
     terms["flux"] = flux_loss(p, flux_table) if flux_table is not None else nan
-    terms["cde"] = cde_loss(p, zs, edges)
+    terms["cde"] = cde_loss(p, zs, edges, target_sigma)
     if logits_view is None:
         terms["inv"] = nan
     else:

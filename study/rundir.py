@@ -38,7 +38,10 @@ def save_checkpoint(
     sched: Any,
     gens: dict[str, torch.Generator],
     history: list[dict[str, Any]],
+    reported: dict[str, Any] | None = None,
 ) -> None:
+    """``reported``: ``{"epoch", "model"}``, the best-validation weights so far (the run's model
+    with ``optim.reported=best_val_ce``), kept beside the last epoch's resumable state."""
     path.parent.mkdir(exist_ok=True)
     state = {
         "epoch": len(history),
@@ -49,6 +52,7 @@ def save_checkpoint(
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "history": history,
+        "reported": reported,
     }
     atomic_write(path, lambda p: torch.save(state, p))
 
@@ -71,6 +75,12 @@ def load_checkpoint(
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
     return list(state["history"])
+
+
+def load_reported(path: Path, device: torch.device | str = "cpu") -> dict[str, Any] | None:
+    """The checkpoint's ``reported`` entry (``{"epoch", "model"}``), or None (last epoch's)."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    return state.get("reported")
 
 
 def write_predictions(

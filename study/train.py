@@ -14,7 +14,9 @@ only when ``g_inv > 0`` (NaN otherwise).
 
 The plateau schedule and the history's ``val_loss`` use the **validation cross entropy** (no
 augmentation, no penalty terms), the same number for every group, so groups are compared on the
-same schedule signal. The reported model is the one after the last epoch.
+same schedule signal (``optim.schedule=onecycle`` instead steps a one-cycle schedule per
+batch). The reported model is the one after the last epoch, or with
+``optim.reported=best_val_ce`` the epoch of lowest validation CE (metrics.json names it).
 
 Seeds: ``run.seed`` seeds the weight init (``torch.manual_seed``) and one ``torch.Generator`` on
 the device that draws the batch order and every augmentation. On CPU a run is reproducible bit
@@ -58,10 +60,11 @@ from study.files import atomic_write, refuse_nonempty_dir
 from study.losses import cross_entropy, loss_terms, total_loss, weights_of
 from study.machine import device_name, git_commit, pick_device, require_cuda_for_paper
 from study.metrics import all_metrics
-from study.model import build_model
+from study.model import centre_crop, model_from_config
 from study.rundir import (
     RunResult,
     load_checkpoint,
+    load_reported,
     read_finished_run,
     save_checkpoint,
     write_predictions,
@@ -139,6 +142,11 @@ _RESUMABLE |= {"run.threads", "run.amp", "run.channels_last"}
 
 def _check_resume_config(saved: Config, config: Config, out: Path) -> None:
     a, b = _flat(saved), _flat(config)
+    if a["optim.schedule"] == "onecycle" and a["optim.epochs"] != b["optim.epochs"]:
+        raise UserError(
+            f"{out}/config.yaml: optim.epochs={a['optim.epochs']} but the resumed run asks "
+            f"{b['optim.epochs']}; a one-cycle schedule is laid out over its epochs: keep them"
+        )
     for key in a:
         if key not in _RESUMABLE and a[key] != b[key]:
             raise UserError(
@@ -244,37 +252,70 @@ def _train(
     augmenting = cfg.loss.augment or cfg.loss.g_inv > 0
     background = background_stats(train_data.images, device) if augmenting else None
     edges = torch.as_tensor(info.bin_edges, dtype=torch.float32, device=device)  # (C+1,)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="min", factor=cfg.optim.plateau_factor, patience=cfg.optim.plateau_patience
-    )
+    sched = make_scheduler(opt, cfg, steps_per_epoch(len(train_data), cfg))
     gens = _generators(cfg.run.seed, device)
     history: list[dict[str, Any]] = []
+    reported: dict[str, Any] | None = None  # {"epoch", "model"} with optim.reported best_val_ce
     ckpt = out / CHECKPOINT
     if resume and ckpt.is_file():
         history = load_checkpoint(ckpt, model, opt, sched, gens, device)
+        reported = load_reported(ckpt, device)
     zs_val = _file_zs(info.path, val_data.index)
+    per_step = sched if cfg.optim.schedule == "onecycle" else None
     for epoch in range(len(history) + 1, cfg.optim.epochs + 1):
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
         terms, n_images = _train_epoch(
-            step_model, model, opt, train_data, edges, gens, cfg, epoch, background
+            step_model, model, opt, train_data, edges, gens, cfg, epoch, background, per_step
         )
         if cuda:
             torch.cuda.synchronize()
         train_s = time.perf_counter() - t0
         p_val, val_ce = _predict(model, val_data, edges, cfg)
-        sched.step(val_ce)
+        if cfg.optim.schedule == "plateau":
+            sched.step(val_ce)
         val_m = all_metrics(p_val, zs_val, info.bin_edges)
         row = {"epoch": epoch, "lr": lr, **terms}
         row |= {f"val_{k}": v for k, v in val_m.items()}
         row |= {"val_loss": val_ce, "seconds": time.perf_counter() - t0}
         row |= {"train_seconds": train_s, "images_per_s": n_images / train_s}
         history.append(row)
-        save_checkpoint(ckpt, model, opt, sched, gens, history)
+        if cfg.optim.reported == "best_val_ce" and (
+            reported is None or val_ce < history[reported["epoch"] - 1]["val_loss"]
+        ):
+            reported = {"epoch": epoch, "model": _state_copy(model)}
+        save_checkpoint(ckpt, model, opt, sched, gens, history, reported)
         if on_epoch is not None:
             on_epoch(row, ckpt.parent)
     del train_data, val_data
-    return _finish(cfg, out, model, device, info, history)
+    if reported is not None:  # evaluate the reported epoch's weights, not the last ones
+        model.load_state_dict(reported["model"])
+    epoch = reported["epoch"] if reported is not None else len(history)
+    return _finish(cfg, out, model, device, info, history, epoch)
+
+
+def steps_per_epoch(n_train: int, cfg: Config) -> int:
+    """Optimiser steps per epoch: full batches only (``_train_epoch`` drops the remainder)."""
+    return max(n_train // min(cfg.optim.batch_size, n_train), 1)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps: int) -> Any:
+    """The learning-rate schedule of ``optim.schedule``: plateau (per epoch, on the validation
+    CE) or one-cycle (per step, over ``optim.epochs * steps`` steps)."""
+    if cfg.optim.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=cfg.optim.lr,
+            total_steps=cfg.optim.epochs * steps,
+            pct_start=cfg.optim.warmup_frac,
+        )
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=cfg.optim.plateau_factor, patience=cfg.optim.plateau_patience
+    )
+
+
+def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def setup_training(
@@ -288,7 +329,7 @@ def setup_training(
     (the uncompiled module is returned too: checkpoints, evaluation and the L2 sum use it).
     """
     torch.manual_seed(cfg.run.seed)  # weight init
-    model = build_model(cfg.model.arch, n_bins=cfg.model.n_bins, hidden=cfg.model.hidden)
+    model = model_from_config(cfg.model)
     model = model.to(device)
     if device.type == "cuda" and cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -326,8 +367,12 @@ def _train_epoch(
     cfg: Config,
     epoch: int,
     background: torch.Tensor | None = None,
+    sched: Any = None,
 ) -> tuple[dict[str, float], int]:
-    """One pass over the training split; returns the mean of each loss term and #images."""
+    """One pass over the training split; returns the mean of each loss term and #images.
+
+    ``sched``: a per-step learning-rate schedule (one-cycle), stepped after every step.
+    """
     n, bs = len(data), min(cfg.optim.batch_size, len(data))
     # the last partial batch is dropped (a different random remainder each epoch): static
     # shapes for torch.compile and never a batch of one for batch norm
@@ -347,6 +392,8 @@ def _train_epoch(
     feed = batches(data, index_batches, device, resident=cfg.data.resident, background=background)
     for step, batch in enumerate(feed, 1):
         terms = train_step(step_model, model, opt, batch, edges, gens["augment"], cfg)
+        if sched is not None:
+            sched.step()
         sums += terms * bs
         seen += bs
         bar.update(bs)
@@ -375,13 +422,20 @@ def train_step(
     normalised by BatchNorm with its own batch statistics, exactly as a training batch is (the
     paper's formula read literally; ``benchmarks.step`` also times one joint pass of 2B).
     """
-    x = _on_device(batch.images, edges.device, cfg)  # (B, 5, 64, 64) float32 nanomaggies
+    # (B, 5, S, S) float32 nanomaggies, S = model.crop: only what the network sees is augmented
+    x = centre_crop(_on_device(batch.images, edges.device, cfg), cfg.model.crop)
     first, view = augmented_views(x, batch.background, gen, cfg)
     with _autocast(x.device, cfg):
         logits = step_model(first, batch.ebv)  # (B, C)
         logits_view = step_model(view, batch.ebv) if view is not None else None
     terms = loss_terms(
-        logits, batch.zs, edges, model, flux_table=batch.flux_table, logits_view=logits_view
+        logits,
+        batch.zs,
+        edges,
+        model,
+        flux_table=batch.flux_table,
+        logits_view=logits_view,
+        target_sigma=cfg.loss.target_sigma,
     )
     total = total_loss(terms, weights_of(cfg.loss))
     opt.zero_grad(set_to_none=True)
@@ -462,8 +516,10 @@ def _finish(
     device: torch.device,
     info: DatasetInfo,
     history: list[dict[str, Any]],
+    reported_epoch: int,
 ) -> RunResult:
-    """Evaluate the test split; write predictions.h5, history.parquet, then metrics.json."""
+    """Evaluate the test split with the model of ``reported_epoch`` (1-based; loaded in
+    ``model``); write predictions.h5, history.parquet, then metrics.json."""
     test_data = _load(info, "test", device, cfg)
     edges = torch.as_tensor(info.bin_edges, dtype=torch.float32, device=device)
     p_test, _ = _predict(model, test_data, edges, cfg)
@@ -473,7 +529,7 @@ def _finish(
     )
     frame = pd.DataFrame(history)
     atomic_write(out / "history.parquet", lambda p: frame.to_parquet(p, index=False))
-    last = history[-1]
+    last = history[reported_epoch - 1]  # the val block of the reported model
     step_s = float(frame["train_seconds"].sum())  # time inside training steps, all epochs
     n_images = float((frame["images_per_s"] * frame["train_seconds"]).sum())
     metrics = {
@@ -481,6 +537,8 @@ def _finish(
         "test": all_metrics(p_test, zs_test, info.bin_edges),
         "train_seconds": float(frame["seconds"].sum()),
         "epochs": len(history),
+        "reported": cfg.optim.reported,  # which epoch's model the test block scores
+        "reported_epoch": reported_epoch,
         "device": device_name(device),
         "n_train": info.split_counts["train"],
         "n_val": info.split_counts["val"],

@@ -176,3 +176,23 @@ def test_bad_yaml_names_file_and_field(tmp_path, text, needle):
     with pytest.raises(UserError) as e:
         load_yaml(path)
     assert needle in str(e.value) and "bad.yaml" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_small_cnn_fields_tuples_and_refusals():
+    c = make_config("tiny", overrides={"model.arch": "small_cnn", "model.apertures": "2, 4,8"})
+    assert c.model.apertures == (2.0, 4.0, 8.0)
+    assert make_config("demo").model.apertures == (2.0, 4.0, 8.0)
+    with pytest.raises(UserError, match="model.crop"):
+        make_config("demo", overrides={"model.crop": 25})  # odd: not centred
+    with pytest.raises(UserError, match="optim.schedule"):
+        make_config("demo", overrides={"optim.schedule": "cosine"})
+    # the paper preset keeps the paper's recipe
+    p = make_config("paper")
+    assert (p.optim.schedule, p.optim.reported, p.loss.target_sigma) == ("plateau", "last", 0.0)
+    assert (p.model.crop, p.model.aperture_hidden, p.model.deredden) == (64, 0, False)
+
+
+def test_demo_config_round_trips_through_yaml(tmp_path):
+    c = make_config("demo", "constrained", seed=1)
+    save_yaml(c, tmp_path / "c.yaml")
+    assert load_yaml(tmp_path / "c.yaml") == c

@@ -294,3 +294,31 @@ def test_flux_loss_on_the_data_modules_table_matches_the_reference(flux_case):
     (gb,) = torch.autograd.grad(b, logits)
     assert b.item() == pytest.approx(a.item(), rel=1e-5)
     torch.testing.assert_close(gb, ga, rtol=1e-5, atol=1e-12)
+
+
+def test_gaussian_targets_are_normal_bin_masses_and_smoothed_terms_match_by_hand():
+    from scipy.stats import norm
+
+    from study.losses import cross_entropy, gaussian_targets
+
+    edges = np.linspace(0.0, 0.4, 181)
+    zs = torch.tensor([0.1013, 0.0021, 0.3987], dtype=torch.float64)
+    q = gaussian_targets(zs, edges, 0.008).double()
+    for i, z in enumerate(zs.tolist()):
+        mass = np.diff(norm.cdf(edges, loc=z, scale=0.008))
+        np.testing.assert_allclose(q[i].numpy(), mass / mass.sum(), atol=1e-7)
+    logits = torch.randn(3, 180, dtype=torch.float64)
+    logp = torch.log_softmax(logits, dim=1)
+    want_ce = -(q * logp).sum(1).mean()
+    torch.testing.assert_close(
+        cross_entropy(logits, zs, edges, 0.008).double(), want_ce, atol=1e-6, rtol=1e-6
+    )
+    p, dz = logp.exp(), 0.4 / 180
+    want_cde = ((p / dz) ** 2 * dz).sum(1) - 2 * (q * p / dz).sum(1)
+    torch.testing.assert_close(
+        cde_loss(p, zs, edges, 0.008).double(), want_cde.mean(), atol=1e-4, rtol=1e-6
+    )
+    # a width far below a bin: the one-hot target again (zs away from the bin edges)
+    torch.testing.assert_close(
+        cross_entropy(logits, zs, edges, 1e-6), cross_entropy(logits, zs, edges), atol=1e-5, rtol=0
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torchvision
@@ -119,3 +121,58 @@ def test_centre_pool_is_a_normalised_d4_invariant_window():
     corner, centre = torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)
     corner[..., 0, 0], centre[..., 3, 4] = 1.0, 1.0
     assert pool(centre).item() > 10 * pool(corner).item()
+
+
+def test_gaussian_apertures_equal_centre_pool_apertures():
+    from study.model import CentrePool, gaussian_apertures
+
+    x = torch.rand(3, 5, 64, 64, dtype=torch.float64)
+    w = gaussian_apertures(64, (2.0, 8.0)).double()  # (4096, 2)
+    got = x.reshape(3, 5, -1) @ w
+    for k, sigma in enumerate((2.0, 8.0)):
+        ref = CentrePool(sigma / 64, aperture=True)(x)
+        torch.testing.assert_close(got[..., k], ref)
+    # a hand value: the centre pixels sit 0.5 px off the centre on each axis
+    assert float(w[32 * 64 + 32, 0]) == pytest.approx(math.exp(-0.5 * 0.5 / 4.0))
+
+
+def test_centre_crop_commutes_with_d4():
+    from study.augment import d4
+    from study.model import centre_crop
+
+    x = torch.rand(8, 5, 64, 64)
+    k, flip = torch.arange(8) % 4, torch.arange(8) >= 4
+    for size in (24, 32):
+        torch.testing.assert_close(
+            centre_crop(d4(x, k, flip), size), d4(centre_crop(x, size).contiguous(), k, flip)
+        )
+    assert centre_crop(x, 64) is x
+
+
+def test_small_cnn_dereddening_undoes_extinction():
+    from study.data.layout import EXTINCTION_R
+    from study.model import SmallCNN
+
+    net = SmallCNN(crop=32, apertures=(2.0, 4.0), deredden=True).eval()
+    x = torch.rand(4, 5, 64, 64, dtype=torch.float64) * 5.0
+    ebv = torch.tensor([0.0, 0.05, 0.1, 0.3], dtype=torch.float64)
+    dimmed = (
+        x
+        * (10.0 ** (-0.4 * torch.as_tensor(EXTINCTION_R)[None, :] * ebv[:, None]))[..., None, None]
+    )
+    net = net.double()
+    torch.testing.assert_close(
+        net.aperture_mags(dimmed, ebv), net.aperture_mags(x, torch.zeros(4, dtype=torch.float64))
+    )
+    feats = net(dimmed, ebv)
+    assert feats.shape == (4, net.num_features) and torch.isfinite(feats).all()
+
+
+def test_small_cnn_options_build_every_parameter_with_gradients():
+    torch.manual_seed(4)
+    opts = {"crop": 24, "apertures": (2.0, 4.0, 8.0), "aperture_hidden": 16, "deredden": True}
+    m = build_model("small_cnn", n_bins=12, hidden=32, small_cnn=opts)
+    x, ebv = torch.rand(3, 5, 64, 64), torch.rand(3) * 0.1
+    m(x, ebv).logsumexp(1).sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
