@@ -177,6 +177,9 @@ class SmallCNN(nn.Module):
         deredden: deredden the aperture fluxes with E(B-V) (``forward``'s ``ebv``).
     """
 
+    aperture_weights: torch.Tensor  # (crop * crop, K) buffer: the Gaussian apertures
+    extinction_r: torch.Tensor  # (5,) buffer: A_b / E(B-V)
+
     widths = (24, 32, 48, 64, 96, 96)
     strides = (2, 1, 2, 1, 2, 1)
 
@@ -221,13 +224,12 @@ class SmallCNN(nn.Module):
         """(B, 5 * K) asinh aperture magnitudes (dereddened with ``deredden``) of the crop."""
         x = centre_crop(x, self.crop)
         b = x.shape[0]
-        w: torch.Tensor = self.aperture_weights  # (crop * crop, K) buffer
-        flux = (x.reshape(b, N_BANDS, -1) @ w.to(x.dtype)).transpose(1, 2)  # (B, K, 5) nanomaggies
+        w = self.aperture_weights.to(x.dtype)
+        flux = (x.reshape(b, N_BANDS, -1) @ w).transpose(1, 2)  # (B, K, 5) nanomaggies
         if self.deredden:
             if ebv is None:
                 raise ValueError("SmallCNN(deredden=True) needs ebv")
-            r_b: torch.Tensor = self.extinction_r  # (5,) buffer
-            a_b = r_b.to(x.dtype)[None, :] * ebv.reshape(-1, 1).to(x.dtype)
+            a_b = self.extinction_r.to(x.dtype)[None, :] * ebv.reshape(-1, 1).to(x.dtype)
             flux = flux * torch.exp(_MAG_TO_LN * a_b)[:, None, :]
         return torch.asinh(flux.reshape(b, -1) / APERTURE_SOFTENING)  # (B, K * 5)
 
