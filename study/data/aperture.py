@@ -35,10 +35,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import os
-import shutil
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -227,29 +224,6 @@ def _create_measured(f: h5py.File, n: int) -> None:
         create_dataset(f, name, (n, 5), np.dtype("<f4"), None, PHOT_ATTRS)
 
 
-def _digest(ds: h5py.Dataset, on_block: Callable[[int, np.ndarray], None] | None = None) -> Any:
-    """SHA-256 of a dataset's bytes read in blocks (as ``validate`` hashes them)."""
-    from study.data.writer import READ_ROWS
-
-    h = hashlib.sha256()
-    for s in range(0, ds.shape[0], READ_ROWS):
-        block = np.ascontiguousarray(ds[s : s + READ_ROWS])
-        h.update(block.tobytes())
-        if on_block is not None:
-            on_block(s, block)
-    return h
-
-
-def _compose_hash(f: h5py.File, digests: dict[str, Any]) -> str:
-    """The file's content hash from per-dataset digests (``writer.content_hash``, as validate)."""
-    from study.data.writer import check_edges, content_hash, hashed_attrs
-
-    attrs = hashed_attrs(f.attrs)
-    attrs["bin_edges"] = check_edges(attrs["bin_edges"], f.filename)
-    items = [(k, f[k].dtype, f[k].shape, h.digest()) for k, h in digests.items()]
-    return content_hash(items, attrs)
-
-
 def _hashed_names(f: h5py.File) -> list[str]:
     """The datasets the content hash covers (as ``validate``), less ``phot``/``phot_err``."""
     from study.data.writer import CORE_DATASETS
@@ -266,6 +240,8 @@ def _fill(f: h5py.File, src: Path, gain: np.ndarray | None, progress: bool) -> N
     the same pass); the old digests must reproduce the stored ``content_hash`` (the input was
     intact), and the new hash adds the measured datasets.
     """
+    from study.data.dataset import digest_dataset, file_content_hash
+
     n = f["zs"].shape[0]
     bar = tqdm(total=n, unit="gal", desc=f"photometry {src.name}", disable=not progress)
 
@@ -274,13 +250,17 @@ def _fill(f: h5py.File, src: Path, gain: np.ndarray | None, progress: bool) -> N
         bar.update(len(block))
 
     with bar:
-        old = {k: _digest(f[k], on_images if k == "images" else None) for k in _hashed_names(f)}
-    if _compose_hash(f, old) != str(f.attrs.get("content_hash", "")):
+        old = {
+            k: digest_dataset(f[k], on_images if k == "images" else None) for k in _hashed_names(f)
+        }
+    if file_content_hash(f, old) != str(f.attrs.get("content_hash", "")):
         raise UserError(
             f"{src}: attribute 'content_hash' does not match the content (modified or corrupt "
             "file); rebuild it with `python -m study.data convert` / `universe` first"
         )
-    f.attrs["content_hash"] = _compose_hash(f, old | {k: _digest(f[k]) for k in MEASURED})
+    f.attrs["content_hash"] = file_content_hash(
+        f, old | {k: digest_dataset(f[k]) for k in MEASURED}
+    )
 
 
 def add_photometry(
@@ -311,26 +291,19 @@ def add_photometry(
     Returns:
         The path written.
     """
-    from study.data.dataset import validate
+    from study.data.dataset import amend_copy
 
     src = Path(path)
     dst = src if out is None else Path(out)
     info = _check_input(src, dst, overwrite)
     if gain is None and info.source == "synthetic":
         gain = universe_gain()
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.phot.tmp")
-    try:
-        shutil.copyfile(src, tmp)
-        with h5py.File(tmp, "r+") as f:
-            _create_measured(f, info.n)
-            _fill(f, src, gain, progress)
-        validate(tmp)  # what is renamed into place is a valid file, hash included
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dst
+
+    def edit(f: h5py.File) -> None:
+        _create_measured(f, info.n)
+        _fill(f, src, gain, progress)
+
+    return amend_copy(src, dst, edit)
 
 
 def add_photometry_parser(subparsers: Any) -> argparse.ArgumentParser:

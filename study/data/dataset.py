@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -42,7 +43,7 @@ from study.data.writer import (  # re-exported: the dataset API is one import
     write_dataset,
 )
 from study.errors import UserError
-from study.files import refuse_existing
+from study.files import refuse_existing, temporary_path
 
 __all__ = [
     "BANDS",
@@ -466,3 +467,50 @@ def resplit(
                     **phot,
                 )
     return out
+
+
+def amend_copy(
+    src: str | os.PathLike, dst: str | os.PathLike, edit: Callable[[h5py.File], None]
+) -> Path:
+    """Add to a photoz-study/1 file without touching the user's bytes until the end.
+
+    ``edit`` changes a copy of ``src`` opened read-write (it must leave ``content_hash`` right,
+    as ``aperture.add_photometry`` and ``templates.add_template_table`` do); the copy is
+    validated, flushed to disk and renamed onto ``dst`` (``src`` itself for an in-place
+    addition). An exception, or a copy that does not validate, leaves ``src`` and ``dst`` as
+    they were.
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = temporary_path(dst)
+    try:
+        shutil.copyfile(src, tmp)
+        with h5py.File(tmp, "r+") as f:
+            edit(f)
+        validate(tmp)  # what is renamed into place is a valid file, hash included
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
+def digest_dataset(
+    ds: h5py.Dataset, on_block: Callable[[int, np.ndarray], None] | None = None
+) -> Any:
+    """SHA-256 of a dataset's bytes read in blocks (as ``validate`` hashes them)."""
+    h = hashlib.sha256()
+    for s in range(0, ds.shape[0], READ_ROWS):
+        block = np.ascontiguousarray(ds[s : s + READ_ROWS])
+        h.update(block.tobytes())
+        if on_block is not None:
+            on_block(s, block)
+    return h
+
+
+def file_content_hash(f: h5py.File, digests: dict[str, Any]) -> str:
+    """The file's content hash from per-dataset digests (``writer.content_hash``, as validate)."""
+    attrs = hashed_attrs(f.attrs)
+    attrs["bin_edges"] = check_edges(attrs["bin_edges"], f.filename)
+    items = [(k, f[k].dtype, f[k].shape, h.digest()) for k, h in digests.items()]
+    return content_hash(items, attrs)

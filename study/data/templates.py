@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -170,8 +169,13 @@ def add_template_table(
             table's space in the file). Without it a file with a table is refused.
         overwrite: replace an existing ``out`` other than ``path``.
     """
-    from study.data.aperture import _compose_hash, _digest
-    from study.data.dataset import OPTIONAL_DATASETS, read_info, validate
+    from study.data.dataset import (
+        OPTIONAL_DATASETS,
+        amend_copy,
+        digest_dataset,
+        file_content_hash,
+        read_info,
+    )
     from study.data.writer import CORE_DATASETS, create_dataset
 
     src = Path(path)
@@ -180,33 +184,26 @@ def add_template_table(
     _check_add(src, dst, info, fit_from, replace, overwrite)
     centers = bin_centers(info.bin_edges)
     check_centers(centers, str(src))
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.table.tmp")
-    try:
-        shutil.copyfile(src, tmp)
-        with h5py.File(tmp, "r+") as f:
-            names = [k for k in (*CORE_DATASETS, *OPTIONAL_DATASETS) if k in f]
-            names += [f"truth/{k}" for k in f["truth"]] if "truth" in f else []
-            old = {k: _digest(f[k]) for k in names}
-            if _compose_hash(f, old) != str(f.attrs.get("content_hash", "")):
-                raise UserError(
-                    f"{src}: attribute 'content_hash' does not match the content (modified or "
-                    "corrupt file); rebuild it with `python -m study.data convert` first"
-                )
-            if "flux_table" in f:
-                del f["flux_table"]
-            create_dataset(f, "flux_table", (info.n, 5, centers.size), np.dtype("<f4"), None)
-            _fill(f, src, fit_from, centers, info.source, progress)
-            f.attrs["flux_table_source"] = "templates"
-            f.attrs["flux_table_fit_from"] = fit_from
-            old["flux_table"] = _digest(f["flux_table"])
-            f.attrs["content_hash"] = _compose_hash(f, old)
-        validate(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dst
+
+    def edit(f: h5py.File) -> None:
+        names = [k for k in (*CORE_DATASETS, *OPTIONAL_DATASETS) if k in f]
+        names += [f"truth/{k}" for k in f["truth"]] if "truth" in f else []
+        old = {k: digest_dataset(f[k]) for k in names}
+        if file_content_hash(f, old) != str(f.attrs.get("content_hash", "")):
+            raise UserError(
+                f"{src}: attribute 'content_hash' does not match the content (modified or "
+                "corrupt file); rebuild it with `python -m study.data convert` first"
+            )
+        if "flux_table" in f:
+            del f["flux_table"]
+        create_dataset(f, "flux_table", (info.n, 5, centers.size), np.dtype("<f4"), None)
+        _fill(f, src, fit_from, centers, info.source, progress)
+        f.attrs["flux_table_source"] = "templates"
+        f.attrs["flux_table_fit_from"] = fit_from
+        old["flux_table"] = digest_dataset(f["flux_table"])
+        f.attrs["content_hash"] = file_content_hash(f, old)
+
+    return amend_copy(src, dst, edit)
 
 
 def _check_add(
