@@ -158,8 +158,33 @@ def start_ray(args: argparse.Namespace, preset: str) -> dict[str, float]:
             "--preset paper needs CUDA and the Ray cluster has no GPU; use --preset demo on CPUs"
         )
     if ctx.dashboard_url:
-        print(f"Ray dashboard: http://{ctx.dashboard_url}", flush=True)
+        for line in dashboard_lines(ctx.dashboard_url, token_auth=ray_token_auth_enabled()):
+            print(line, flush=True)
     return resources
+
+
+def ray_token_auth_enabled() -> bool:
+    """Whether this Ray requires its token (Ray >= 2.5x, default for a local ``ray.init``)."""
+    try:  # a private module: an older or newer Ray without it has no token to show
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    except ImportError:
+        return False
+    return bool(is_token_auth_enabled())
+
+
+def dashboard_lines(url: str, *, token_auth: bool) -> list[str]:
+    """What the driver prints about the Ray dashboard; the command for the token, not the token.
+
+    The token is a secret that lets anyone run code on the cluster, and the driver's output
+    often ends in a log file, so it is not printed itself.
+    """
+    lines = [f"Ray dashboard: http://{url}"]
+    if token_auth:
+        lines.append(
+            "Ray dashboard token: `ray get-auth-token` on this machine (the head node on a "
+            "cluster) prints it; paste it into the page, or send 'Authorization: Bearer <token>'"
+        )
+    return lines
 
 
 def prepare_data(settings: dict[str, Any]) -> None:
