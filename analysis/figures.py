@@ -381,7 +381,8 @@ def optuna_figures(storage: str, study_name: str | None = None) -> dict[str, go.
         return {}
     vis = optuna.visualization
     figs = {"optuna_history": vis.plot_optimization_history(study)}
-    figs["optuna_slice"] = vis.plot_slice(study)
+    # Optuna fixes the slice plot at 300 px per parameter (2100 px for 7): fit the page instead
+    figs["optuna_slice"] = vis.plot_slice(study).update_layout(width=None)
     if len(done) >= 2 and study.trials[0].params:
         try:
             figs["optuna_importance"] = vis.plot_param_importances(study)

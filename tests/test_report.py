@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,11 @@ def _check_report(study_dir: Path, figures: tuple[str, ...]) -> str:
         assert (out / "figures" / f"{name}.html").is_file(), name
     assert (out / "figures" / "plotly.min.js").is_file()  # figure files open offline
     assert "<script src=" not in page  # report.html carries plotly.js inline: works offline
+    # Table 1 fits a 1366 px screen: labels wrap, "(n=k)" on its own line under mean ± std
+    assert "<table class='t1'>" in page and "table.t1 td,table.t1 th{white-space:normal" in page
+    assert re.search(
+        r"<td><span class='v'>[^<]* ± [^<]*</span> <span class='n'>\(n=\d+\)</span>", page
+    )
     md = (out / "table1.md").read_text()
     assert "Pasquet et al." in md and "(n=" in md
     table = pd.read_csv(out / "table1.csv")
@@ -145,6 +151,10 @@ def test_report_on_fake_search_has_optuna_figures(tmp_path):
         assert cid in page
         assert f"<td>search {cid}</td>" in page  # and have their verdict line
     _check_peers(study, page, ("knn",), n_seeds=2)
+    slice_plot = page[page.index("id='optuna_slice'") :]
+    assert (
+        'plotly-graph-div" style="height:100%; width:100%;"' in slice_plot[:2000]
+    )  # not 300 px/param
 
 
 def test_not_a_study_is_one_line_error(tmp_path, capsys):
