@@ -45,6 +45,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from study.errors import UserError
+from study.files import atomic_write
 from study.metrics import METRIC_NAMES, all_metrics
 
 if TYPE_CHECKING:
@@ -254,15 +255,6 @@ def _cached_row(folder: Path, name: str, settings_json: str) -> dict[str, Any] |
     return None if hit.empty else hit.iloc[0].to_dict()
 
 
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _store(folder: Path, row: dict[str, Any], p: np.ndarray, cat: Catalogue) -> None:
     """Write one peer's CDEs and put its row into ``metrics.parquet`` (both atomically)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -276,12 +268,12 @@ def _store(folder: Path, row: dict[str, Any], p: np.ndarray, cat: Catalogue) -> 
             f.attrs["bin_edges"] = cat.edges
             f.attrs["settings"] = row["settings"]
 
-    _atomic(folder / f"{row['name']}.h5", cdes)
+    atomic_write(folder / f"{row['name']}.h5", cdes)
     table = folder / "metrics.parquet"
     old = pd.read_parquet(table) if table.exists() else pd.DataFrame()
     keep = old[old["name"] != row["name"]] if len(old) else old
     frame = pd.concat([keep, pd.DataFrame([row])], ignore_index=True)
-    _atomic(table, lambda tmp: frame.to_parquet(tmp, index=False))
+    atomic_write(table, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 def _versions() -> str:
