@@ -272,7 +272,8 @@ def augmented_cdes(
     g = data["zs"].shape[0]
     x = data["images"].repeat_interleave(n_draws, dim=0)  # (G * n_draws, 5, 64, 64)
     ebv = data["ebv"].repeat_interleave(n_draws, dim=0)
-    p = torch.softmax(model(augment(x, gen), ebv).float(), dim=1)
+    fill = config.get("loss", {}).get("background_fill", "normal")  # the run's own operator
+    p = torch.softmax(model(augment(x, gen, fill=fill), ebv).float(), dim=1)
     return (
         p.reshape(g, n_draws, -1).cpu().numpy(),
         data["zs"].cpu().numpy().astype(np.float64),

@@ -83,6 +83,12 @@ class LossConfig:
     # random D4 element + background resampling of every training batch (the paper's
     # "augmented" input pipeline)
     augment: bool = False
+    # what background resampling redraws background pixels from (augment.resample_background):
+    # "normal" N(mu, s^2) (SPEC 2, the paper), which adds about 0.24 s of sky per pixel to every
+    # training image, a flux offset evaluation images never see; "truncated" N(mu, s^2) below
+    # the background threshold, the distribution a sky pixel called background has, so only the
+    # noise is new. Also used by the invariance term's view.
+    background_fill: Literal["normal", "truncated"] = "normal"
     # training target of the CE and CDE terms: 0 = the bin holding zs (paper); > 0 =
     # N(zs, target_sigma^2) integrated over the bins (redshift units), so neighbouring bins
     # share the target and it keeps where in its bin zs lies. Training only: validation CE (the

@@ -463,8 +463,8 @@ def augmented_views(
         stats = (background[..., 0], background[..., 1])  # (B, 5) each
     else:
         stats = sigma_clipped_stats(x)
-    first = augment(x, gen, stats) if w.augment else x
-    view = augment(x, gen, stats) if w.g_inv > 0 else None
+    first = augment(x, gen, stats, w.background_fill) if w.augment else x
+    view = augment(x, gen, stats, w.background_fill) if w.g_inv > 0 else None
     return first, view
 
 

@@ -131,6 +131,45 @@ def test_background_resampling_keeps_sources_and_matches_stats():
     assert abs(zz.std().item() - 1) < 5 / np.sqrt(2 * zz.numel())
 
 
+def test_truncated_fill_keeps_the_sky_distribution():
+    """``fill="truncated"`` redraws background pixels from N(mu, s^2) cut at the threshold.
+
+    On pure sky, scipy's truncated normal gives what a background pixel's old value was
+    distributed as (mean mu - 0.288 s at n_sigma = 1): the new values must have its mean and
+    std, so the image's mean is unchanged; the paper's ``"normal"`` fill raises it by about
+    Phi(1) * 0.288 s = 0.242 s per pixel, the offset the truncated fill removes.
+    """
+    truncnorm = pytest.importorskip("scipy.stats").truncnorm
+    sky = 0.02 + 0.05 * torch.randn(16, 5, 64, 64, generator=torch.Generator().manual_seed(7))
+    sky = sky.double()
+    mean, std = sigma_clipped_stats(sky)
+    mu, s = mean[..., None, None], std[..., None, None]
+    background = sky < mu + s
+    for fill, offset in (("truncated", 0.0), ("normal", 0.8413 * 0.2876)):
+        y = resample_background(sky, torch.Generator().manual_seed(8), fill=fill)
+        assert torch.equal(y[~background], sky[~background])
+        z = ((y - mu) / s)[background]  # standardised new values
+        n = z.numel()
+        ref = truncnorm(-np.inf, 1.0) if fill == "truncated" else None
+        want_mean, want_std = (ref.mean(), ref.std()) if ref else (0.0, 1.0)
+        assert abs(z.mean().item() - want_mean) < 5 * want_std / np.sqrt(n)
+        assert abs(z.std().item() - want_std) < 5 * want_std / np.sqrt(2 * n)
+        assert z.max().item() <= 1.0 + 1e-9 or fill == "normal"
+        shift = ((y - sky) / s).mean().item()  # per pixel, in units of s
+        assert shift == pytest.approx(offset, abs=0.01)
+
+
+def test_truncated_fill_is_seeded_and_keeps_dtype():
+    x = _galaxy_images(torch.Generator().manual_seed(9), b=2).float()
+    a = resample_background(x, torch.Generator().manual_seed(1), fill="truncated")
+    b = resample_background(x, torch.Generator().manual_seed(1), fill="truncated")
+    assert torch.equal(a, b) and torch.isfinite(a).all()
+    half = resample_background(x.half(), torch.Generator().manual_seed(1), fill="truncated")
+    assert half.dtype == torch.float16
+    with pytest.raises(ValueError, match="fill"):
+        resample_background(x, torch.Generator().manual_seed(1), fill="uniform")  # type: ignore[arg-type]
+
+
 def test_resampling_is_seeded_and_keeps_dtype():
     x = _galaxy_images(torch.Generator().manual_seed(4), b=2).float()
     a = augment(x, torch.Generator().manual_seed(5))

@@ -385,3 +385,20 @@ def test_reported_model_is_what_analysis_loads(data_file, tmp_path):
     assert state["reported"]["epoch"] == res.metrics["reported_epoch"]
     for k, v in model.state_dict().items():
         assert torch.equal(v, state["reported"]["model"][k]), k
+
+
+def test_background_fill_reaches_both_views():
+    """``loss.background_fill`` picks the operator of the augmented input and the invariance view."""
+    from study.augment import augment, sigma_clipped_stats
+    from study.train import augmented_views
+
+    x = 0.05 * torch.randn(4, 5, 24, 24, generator=torch.Generator().manual_seed(0))
+    x[:, :, 10:14, 10:14] += 3.0
+    stats = sigma_clipped_stats(x)
+    for fill in ("normal", "truncated"):
+        overrides = {"loss.background_fill": fill, "loss.augment": True}
+        cfg = make_config("tiny", "constrained", overrides=overrides)
+        first, view = augmented_views(x, None, torch.Generator().manual_seed(1), cfg)
+        gen = torch.Generator().manual_seed(1)
+        assert torch.equal(first, augment(x, gen, stats, fill))
+        assert view is not None and torch.equal(view, augment(x, gen, stats, fill))
