@@ -235,3 +235,64 @@ def test_report_of_a_multi_objective_study(tmp_path):
     assert csv["pareto"].tolist() == expected
     # the fake journal is one-objective: Optuna's own figures are as before
     assert "id='optuna_history'" in page
+
+
+# ---- a real multi-objective study: study.run, killed, resumed, reported -------------------
+
+
+@pytest.mark.slow
+def test_multi_objective_study_end_to_end(tmp_path):
+    """demo_pareto on the tiny preset: kill the driver after its first run, --resume, report.
+
+    The frame has one row per (configuration, seed), the journal one two-valued trial per
+    configuration holding exactly the frame's seed means, and the report its Pareto front.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_tune import LIGHT_RAY, ROOT, tiny_file
+
+    from analysis import report
+    from study.run import main
+
+    data, out = tiny_file(tmp_path / "tiny.h5"), tmp_path / "study"
+    argv = ["--search", "demo_pareto", "--preset", "tiny", "--seeds", "2", "--num-samples", "3"]
+    argv += ["--epochs", "1", "--data", str(data), "--out", str(out), *LIGHT_RAY]
+    log = (tmp_path / "driver.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "study.run", *argv], stdout=log, stderr=log,
+                            start_new_session=True, cwd=ROOT)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not list(out.glob("runs/*/metrics.json")) and time.time() < deadline:
+            assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+        proc.wait()
+    assert 1 <= len(list(out.glob("runs/*/metrics.json"))) < 6
+    assert main(["--resume", str(out), *LIGHT_RAY]) == 0
+    frame = pd.read_parquet(out / "frame.parquet")
+    assert len(frame) == 6 and not frame.duplicated(["config_id", "seed"]).any()
+    assert (frame.groupby("config_id")["seed"].apply(sorted) == pd.Series([[0, 1]] * 3)).all()
+    study = journal(out)
+    assert study.metric_names == [m for m, _ in OBJECTIVES]
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(done) == 3 and not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    means = frame.groupby("config_id")[[m for m, _ in OBJECTIVES]].mean()
+    told = sorted(tuple(t.values) for t in done)
+    assert np.allclose(told, sorted(map(tuple, means.to_numpy())), rtol=1e-12, atol=0)
+    report.build_report(out, png=False, landscape=False, augmentations=False, peers=())
+    csv = pd.read_csv(out / "report" / "pareto.csv").set_index("config_id")
+    assert set(csv.index) == set(means.index)
+
+    def config_of(values: list[float]) -> str:
+        return str(means.index[np.isclose(means.to_numpy(), values, rtol=1e-12).all(axis=1)][0])
+
+    # Optuna's own front over the journal is the report's front over the frame
+    assert {config_of(t.values) for t in study.best_trials} == set(csv.index[csv["pareto"]])
+    page = (out / "report" / "report.html").read_text()
+    assert "id='pareto_front'" in page and "id='optuna_history_val_sigma_nmad'" in page
