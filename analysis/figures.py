@@ -4,7 +4,8 @@ The figures follow the paper's appendices: PIT histograms with the uniform line 
 sampling band (F), the zp-vs-zs density with catastrophic outliers and their 5-95% CDE
 intervals (G), the CDEs of test galaxies under random D4 + background resamplings (H); and
 add learning curves with a band over seeds, a forest plot of paired differences, Optuna's
-history / importance / slice plots and loss-landscape slices.
+history / importance / slice plots (per objective when there are several), the Pareto front of a
+multi-objective study and loss-landscape slices.
 """
 
 from __future__ import annotations
@@ -421,12 +422,17 @@ def _step(mode_x: str) -> str:
 
 
 def _pareto_kinds(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame, dict]]:
-    """(legend name, rows, marker): the searched configurations, then each reference point."""
+    """(legend name, rows, marker): searched configurations, any other group (an ablation's),
+    then the reference points as diamonds."""
     groups = table["group"].astype(str) if "group" in table else pd.Series("search", table.index)
-    refs = [g for g in REFERENCE_GROUPS if g in set(groups)]
-    out = [("searched configurations", table[~groups.isin(refs)],
+    out = [("searched configurations", table[groups == "search"],
             {"symbol": "circle", "size": 9, "color": _PALETTE[0]})]  # fmt: skip
-    for g in refs:
+    others = [g for g in dict.fromkeys(groups) if g != "search" and g not in REFERENCE_GROUPS]
+    for i, g in enumerate(others):
+        out.append(
+            (g, table[groups == g], {"symbol": "circle", "size": 10, "color": color(g, i + 1)})
+        )
+    for g in REFERENCE_GROUPS:
         out.append((f"{g} (reference point)", table[groups == g],
                     {"symbol": "diamond", "size": 13, "color": color(g), "line": {"width": 1, "color": "black"}}))  # fmt: skip
     return [(name, sub, marker) for name, sub, marker in out if len(sub)]

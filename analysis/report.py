@@ -2,7 +2,8 @@
 
 Writes ``report.html`` (self-contained: plotly.js inline once, so it opens offline), the
 tables (``table1.md``, ``table1.csv``, ``peers.md``, ``peers.csv``, ``verdict.csv``,
-``summary.csv``, ``paired.csv``, ``variance.csv``, ``landscape.csv``) and every figure as its own
+``summary.csv``, ``paired.csv``, ``variance.csv``, ``landscape.csv``; ``pareto.csv`` for a study
+with several objectives, whose Pareto front also leads the figures) and every figure as its own
 HTML file (and PNG where kaleido can start a Chromium) under ``report/figures/``.
 
 The page leads with the verdict: each Table 1 row's seed mean against the best RAIL peer

@@ -7,7 +7,9 @@ each epoch with ``ray.tune.report`` and its checkpoint with ``ray.tune.Checkpoin
 Paired seeds. For an ``optuna`` search, ``ray.tune.search.Repeater`` wraps ``OptunaSearch`` (TPE,
 seeded, a conditional define-by-run space) so that every sampled configuration runs once per
 seed of the fixed seed list (``config["__trial_index__"]`` indexes it) and Optuna is told the
-seed mean. A ``grid`` search (the ablation) is a plain ``tune.grid_search`` over group x seed.
+seed mean. With several objectives Optuna searches them all (multi-objective TPE or NSGA-II) and
+``study.seed_means.SeedMeanRepeater`` tells it each one's seed mean (Ray's Repeater takes one).
+A ``grid`` search (the ablation) is a plain ``tune.grid_search`` over group x seed.
 
 The study directory (SPEC 8)::
 

@@ -217,6 +217,21 @@ def test_cli_rejects_bad_space_before_ray_starts(tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+def test_cli_rejects_bad_objectives_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    from study.run import main
+
+    raw = _gamma_raw()
+    raw["objectives"][1]["mode"] = "minimize"  # Optuna's word; the file's is Ray's (min | max)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["--search", str(path), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {path}: objectives[1].mode: unknown 'minimize'; use min or max"
+    assert not ray.is_initialized() and not (tmp_path / "s").exists()
+
+
 def test_cli_refuses_non_empty_out(tmp_path, capsys):
     from study.run import main
 
