@@ -409,7 +409,7 @@ def pareto_front(table: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> 
         fig.update_yaxes(title_text=f"{cy} ({my}imise)", row=1, col=k + 1)
     fig.update_layout(
         title=f"Pareto front of the seed means ({n_text}, bars ±1 std over seeds; "
-        f"{len(table)} configurations)",
+        f"{len(table)} configurations)" + ("; ringed: optimal on all three" if len(pairs) > 1 else ""),
         height=480, **LAYOUT,
     )  # fmt: skip
     return fig
