@@ -4,7 +4,8 @@ The figures follow the paper's appendices: PIT histograms with the uniform line 
 sampling band (F), the zp-vs-zs density with catastrophic outliers and their 5-95% CDE
 intervals (G), the CDEs of test galaxies under random D4 + background resamplings (H); and
 add learning curves with a band over seeds, a forest plot of paired differences, Optuna's
-history / importance / slice plots and loss-landscape slices.
+history / importance / slice plots (per objective when there are several), the Pareto front of a
+multi-objective study and loss-landscape slices.
 """
 
 from __future__ import annotations
@@ -361,6 +362,98 @@ def landscape_2d(
     return fig
 
 
+REFERENCE_GROUPS = ("baseline_aug", "constrained")  # an optuna study's reference points
+
+
+def pareto_front(table: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> go.Figure:
+    """Configurations' seed means of two (or three: each pair) objectives, with ±1 std bars.
+
+    Args:
+        table: ``analysis.stats.pareto_table`` (one row per configuration).
+        objectives: ``(column, "min" | "max")`` per objective, as the study optimised them.
+
+    Searched configurations are dots, the reference points (baseline_aug, constrained)
+    diamonds in their group colours; a ring marks each Pareto-optimal configuration (on all
+    objectives' seed means) and, for two objectives, a dashed step line joins the front.
+    """
+    pairs = [(i, j) for i in range(len(objectives)) for j in range(i + 1, len(objectives))]
+    fig = make_subplots(rows=1, cols=len(pairs), horizontal_spacing=0.08)
+    n = table["n"]
+    n_text = (
+        f"n={int(n.min())} seeds"
+        if n.min() == n.max()
+        else f"n={int(n.min())}-{int(n.max())} seeds"
+    )
+    for k, (i, j) in enumerate(pairs):
+        (cx, mx), (cy, my) = objectives[i], objectives[j]
+        for name, sub, marker in _pareto_kinds(table):
+            fig.add_trace(_pareto_points(sub, cx, cy, name, marker, show=k == 0), row=1, col=k + 1)
+        front = table[table["pareto"]].sort_values(f"{cx}_mean")
+        fig.add_trace(
+            go.Scatter(
+                x=front[f"{cx}_mean"], y=front[f"{cy}_mean"], mode="markers",
+                marker={"symbol": "circle-open", "size": 20, "color": "black", "line": {"width": 2}},
+                name=f"Pareto-optimal ({len(front)} of {len(table)})", legendgroup="pareto",
+                showlegend=k == 0, hoverinfo="skip",
+            ),
+            row=1, col=k + 1,
+        )  # fmt: skip
+        if len(objectives) == 2 and len(front) > 1:
+            fig.add_trace(
+                go.Scatter(x=front[f"{cx}_mean"], y=front[f"{cy}_mean"], mode="lines",
+                           line={"color": "black", "dash": "dash", "width": 1, "shape": _step(mx)},
+                           name="front", showlegend=False, hoverinfo="skip"),
+                row=1, col=k + 1,
+            )  # fmt: skip
+        fig.update_xaxes(title_text=f"{cx} ({mx}imise)", row=1, col=k + 1)
+        fig.update_yaxes(title_text=f"{cy} ({my}imise)", row=1, col=k + 1)
+    fig.update_layout(
+        title=f"Pareto front of the seed means ({n_text}, bars ±1 std over seeds; "
+        f"{len(table)} configurations)" + ("; ringed: optimal on all three" if len(pairs) > 1 else ""),
+        height=480, **LAYOUT,
+    )  # fmt: skip
+    return fig
+
+
+def _step(mode_x: str) -> str:
+    """The dominated region's edge between front points sorted by x: across then up or down
+    when x is minimised, up or down then across when it is maximised (whatever y's mode)."""
+    return "hv" if mode_x == "min" else "vh"
+
+
+def _pareto_kinds(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame, dict]]:
+    """(legend name, rows, marker): searched configurations, any other group (an ablation's),
+    then the reference points as diamonds."""
+    groups = table["group"].astype(str) if "group" in table else pd.Series("search", table.index)
+    out = [("searched configurations", table[groups == "search"],
+            {"symbol": "circle", "size": 9, "color": _PALETTE[0]})]  # fmt: skip
+    others = [g for g in dict.fromkeys(groups) if g != "search" and g not in REFERENCE_GROUPS]
+    for i, g in enumerate(others):
+        out.append(
+            (g, table[groups == g], {"symbol": "circle", "size": 10, "color": color(g, i + 1)})
+        )
+    for g in REFERENCE_GROUPS:
+        out.append((f"{g} (reference point)", table[groups == g],
+                    {"symbol": "diamond", "size": 13, "color": color(g), "line": {"width": 1, "color": "black"}}))  # fmt: skip
+    return [(name, sub, marker) for name, sub, marker in out if len(sub)]
+
+
+def _pareto_points(
+    sub: pd.DataFrame, cx: str, cy: str, name: str, marker: dict, *, show: bool
+) -> go.Scatter:
+    """One kind of configuration: its seed means with ±1 std error bars on both axes."""
+    ids = sub["config_id"] if "config_id" in sub else sub.index.astype(str)
+    return go.Scatter(
+        x=sub[f"{cx}_mean"], y=sub[f"{cy}_mean"], mode="markers", marker=marker, name=name,
+        legendgroup=name, showlegend=show,
+        error_x={"type": "data", "array": sub[f"{cx}_std"].fillna(0.0), "thickness": 1},
+        error_y={"type": "data", "array": sub[f"{cy}_std"].fillna(0.0), "thickness": 1},
+        customdata=np.stack([ids, sub["n"], sub[f"{cx}_std"], sub[f"{cy}_std"]], axis=1),
+        hovertemplate=f"%{{customdata[0]}} ({name})<br>{cx} %{{x:.4g}} ± %{{customdata[2]:.2g}}"
+        f"<br>{cy} %{{y:.4g}} ± %{{customdata[3]:.2g}}<br>n=%{{customdata[1]}} seeds<extra></extra>",
+    )  # fmt: skip
+
+
 def optuna_figures(storage: str, study_name: str | None = None) -> dict[str, go.Figure]:
     """Optuna's optimisation history, parameter importances and slice plot (empty if no trials)."""
     import optuna
@@ -380,9 +473,12 @@ def optuna_figures(storage: str, study_name: str | None = None) -> dict[str, go.
     if not done:
         return {}
     vis = optuna.visualization
-    figs = {"optuna_history": vis.plot_optimization_history(study)}
-    # Optuna fixes the slice plot at 300 px per parameter (2100 px for 7): fit the page instead
-    figs["optuna_slice"] = vis.plot_slice(study).update_layout(width=None)
+    if len(study.directions) > 1:  # several objectives: history and slices per objective
+        figs = _per_objective(study)
+    else:
+        figs = {"optuna_history": vis.plot_optimization_history(study)}
+        # Optuna fixes the slice plot at 300 px per parameter (2100 px for 7): fit the page
+        figs["optuna_slice"] = vis.plot_slice(study).update_layout(width=None)
     if len(done) >= 2 and study.trials[0].params:
         try:
             figs["optuna_importance"] = vis.plot_param_importances(study)
@@ -390,6 +486,20 @@ def optuna_figures(storage: str, study_name: str | None = None) -> dict[str, go.
             warnings.warn(f"no parameter importances: {exc}", stacklevel=2)
     for name, f in figs.items():
         f.update_layout(title=f"{f.layout.title.text or name} (n={len(done)} trials)", **LAYOUT)
+    return figs
+
+
+def _per_objective(study) -> dict[str, go.Figure]:
+    """Optuna's history and slice plot of each objective of a multi-objective study, by name."""
+    import optuna
+
+    vis = optuna.visualization
+    names = study.metric_names or [f"objective{i}" for i in range(len(study.directions))]
+    figs = {}
+    for i, name in enumerate(names):
+        kw = {"target": lambda t, i=i: t.values[i], "target_name": name}
+        figs[f"optuna_history_{name}"] = vis.plot_optimization_history(study, **kw)
+        figs[f"optuna_slice_{name}"] = vis.plot_slice(study, **kw).update_layout(width=None)
     return figs
 
 

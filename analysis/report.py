@@ -2,7 +2,8 @@
 
 Writes ``report.html`` (self-contained: plotly.js inline once, so it opens offline), the
 tables (``table1.md``, ``table1.csv``, ``peers.md``, ``peers.csv``, ``verdict.csv``,
-``summary.csv``, ``paired.csv``, ``variance.csv``, ``landscape.csv``) and every figure as its own
+``summary.csv``, ``paired.csv``, ``variance.csv``, ``landscape.csv``; ``pareto.csv`` for a study
+with several objectives, whose Pareto front also leads the figures) and every figure as its own
 HTML file (and PNG where kaleido can start a Chromium) under ``report/figures/``.
 
 The page leads with the verdict: each Table 1 row's seed mean against the best RAIL peer
@@ -39,7 +40,7 @@ from plotly.offline import get_plotlyjs
 from analysis import figures
 from analysis.peers import ESTIMATORS
 from analysis.results import Predictions, Study, load_study
-from analysis.stats import format_mean_std, paired_table, summarize, variance_split
+from analysis.stats import format_mean_std, paired_table, pareto_table, summarize, variance_split
 from analysis.table import (
     COLUMNS,
     EXTRA_COLUMNS,
@@ -86,6 +87,8 @@ class Tables:
     paired: pd.DataFrame  # paired.csv: every label against each reference, on shared seeds
     variance: pd.DataFrame  # variance.csv: trial (seed) and study (configuration) variance
     peers: StudyPeers | None = None  # peers.csv, verdict.csv: None with peers=()
+    # pareto.csv: seed mean and std per objective and configuration; empty for one objective
+    pareto: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass
@@ -222,7 +225,16 @@ def make_tables(study: Study, best: int, peers: StudyPeers | None = None) -> Tab
         paired=paired_table(frame, key_cols, refs, by="label"),
         variance=pd.DataFrame(var_rows),
         peers=peers,
+        pareto=pareto(study),
     )
+
+
+def pareto(study: Study) -> pd.DataFrame:
+    """A study with several objectives: every configuration's seed means and its front."""
+    objectives = [(c, m) for c, m in study.objectives() if c in study.frame]
+    if len(objectives) < 2:
+        return pd.DataFrame()
+    return pareto_table(study.frame, objectives)
 
 
 PEER_TABLE = ["name", "label", *KEY_METRICS, "outlier_frac_rail", "n_train", "n_test",
@@ -243,6 +255,8 @@ def write_tables(tables: Tables, out: Path) -> None:
     if not tables.paired.empty:
         tables.paired.drop(columns=["seeds"]).to_csv(out / "paired.csv", index=False)
     tables.variance.to_csv(out / "variance.csv", index=False)
+    if not tables.pareto.empty:
+        tables.pareto.to_csv(out / "pareto.csv", index=False)
 
 
 def _peers_markdown(peers: StudyPeers) -> str:
@@ -283,6 +297,9 @@ def make_figures(
     """Add the report's figures to ``figs``, in page order, timing each pass."""
     frame = tables.frame
     firsts = _first_runs(frame)
+    if not tables.pareto.empty:  # several objectives: the search's answer comes first
+        objectives = [(c, m) for c, m in study.objectives() if c in study.frame]
+        figs.figures.append(("pareto_front", figures.pareto_front(tables.pareto, objectives)))
     with _timed(figs.timings, "pit_zp_zs"):
         preds = {k: study.predictions(study.run_dir(r)) for k, r in firsts.items()}
         n_runs = {k: int(g["seed"].nunique()) for k, g in frame.groupby("label")}
@@ -445,6 +462,7 @@ def render_page(study: Study, tables: Tables, figs: Figures, seconds: float) -> 
         table1_extra=_table1_view(this_study, EXTRA_COLUMNS),
         paired=_df_html(paired_view) if not paired_view.empty else None,
         variance=_df_html(tables.variance),
+        pareto=pareto_view(study, tables.pareto),
         landscape=landscape,
         figures=[
             (name, Markup(fig.to_html(full_html=False, include_plotlyjs=False)))
@@ -453,6 +471,30 @@ def render_page(study: Study, tables: Tables, figs: Figures, seconds: float) -> 
         notes=figs.notes,
         summary=_df_html(summ[summ["metric"].isin([f"test_{m}" for m in KEY_METRICS])]),
     )
+
+
+def pareto_view(study: Study, table: pd.DataFrame) -> dict[str, Any] | None:
+    """The page's Pareto section: the objectives, and the front's rows then the references'."""
+    if table.empty:
+        return None
+    objectives = [(c, m) for c, m in study.objectives() if c in study.frame]
+    (first, mode), *_ = objectives
+    shown = table[table["pareto"] | table["group"].isin(figures.REFERENCE_GROUPS)]
+    shown = shown.sort_values(["pareto", f"{first}_mean"], ascending=[False, mode == "min"])
+    cells = ["config_id", "group", "g_flux", "g_inv", "g_cde", "lr", "n"]
+    view = shown[[c for c in cells if c in shown]].copy()
+    for c, _ in objectives:
+        view[c] = [
+            format_mean_std(m, s, int(n), digits=3)
+            for m, s, n in zip(shown[f"{c}_mean"], shown[f"{c}_std"], shown["n"], strict=True)
+        ]
+    view["pareto"] = np.where(shown["pareto"], "yes", "no")
+    return {
+        "objectives": [f"{c} ({m}imise)" for c, m in objectives],
+        "n_front": int(table["pareto"].sum()),
+        "n": len(table),
+        "table": _df_html(view),
+    }
 
 
 def verdict_view(tables: Tables) -> dict[str, Any] | None:

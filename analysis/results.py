@@ -324,13 +324,23 @@ class Study:
         return self._predictions[key]
 
     def objective(self) -> tuple[str, str]:
-        """(validation column, "min"/"max") the study optimised, from search_space.yaml."""
+        """(validation column, "min"/"max") the study optimised (its first, if several)."""
+        return self.objectives()[0]
+
+    def objectives(self) -> list[tuple[str, str]]:
+        """[(frame column, "min"/"max"), ...] the study optimised, from search_space.yaml.
+
+        One for ``objective:``, several for ``objectives:``; val_cde_loss (min) without a file.
+        """
         path = self.path / "search_space.yaml"
         try:
-            obj = (yaml.safe_load(path.read_text()) or {}).get("objective", {})
-            return str(obj.get("metric", "val_cde_loss")), str(obj.get("mode", "min"))
-        except (OSError, yaml.YAMLError, AttributeError):
-            return "val_cde_loss", "min"
+            raw = yaml.safe_load(path.read_text()) or {}
+            items = raw["objectives"] if "objectives" in raw else [raw.get("objective", {})]
+            return [
+                (str(o.get("metric", "val_cde_loss")), str(o.get("mode", "min"))) for o in items
+            ]
+        except (OSError, yaml.YAMLError, AttributeError, TypeError):
+            return [("val_cde_loss", "min")]
 
     def optuna_storage(self) -> str | None:
         """URL of the study's Optuna storage if it has one (sqlite or journal file)."""

@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sstats
 
+from study.search_space import pareto_optimal
+
 CONFIDENCE = 0.95
 N_RESAMPLES = 9999
 # With n paired differences the smallest two-sided exact Wilcoxon p-value is 2 / 2**n:
@@ -241,3 +243,30 @@ def _fmt(x: float, digits: int) -> str:
     if 0.01 <= abs(x) < 1000:
         return np.format_float_positional(x, precision=digits, fractional=False, trim="-")
     return f"{x:.{max(digits - 1, 0)}e}"
+
+
+def pareto_table(
+    frame: pd.DataFrame, objectives: Sequence[tuple[str, str]], *, by: str = "config_id"
+) -> pd.DataFrame:
+    """One row per configuration: its seed mean and std of each objective, and its front.
+
+    Args:
+        frame: the study frame, one row per (configuration, seed).
+        objectives: ``(column, "min" | "max")`` per objective, e.g. ``("val_sigma_nmad", "min")``.
+        by: the configuration column.
+
+    Returns:
+        ``by``, ``group``, the weights and lr (where present), ``n`` (seeds), ``<column>_mean``
+        and ``<column>_std`` (ddof 1, NaN for one seed) per objective, and ``pareto``: no other
+        configuration's means are as good on every objective and better on one (NaN: never).
+    """
+    columns = [c for c, _ in objectives]
+    grouped = frame.groupby(by, sort=False)
+    keep = [c for c in ("group", "g_flux", "g_inv", "g_cde", "lr") if c in frame and c != by]
+    out = grouped[keep].first() if keep else pd.DataFrame(index=grouped.size().index)
+    out["n"] = grouped.size()
+    means, stds = grouped[columns].mean(), grouped[columns].std()
+    for c in columns:
+        out[f"{c}_mean"], out[f"{c}_std"] = means[c], stds[c]
+    out["pareto"] = pareto_optimal(means.to_numpy().tolist(), [m for _, m in objectives])
+    return out.reset_index()

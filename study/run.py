@@ -148,6 +148,9 @@ def start_ray(args: argparse.Namespace, preset: str) -> dict[str, float]:
         ctx = ray.init(address=args.address)
     else:
         ctx = ray.init(
+            # "local": a new Ray even where another `ray start` left /tmp/ray/ray_current_cluster
+            # (address=None would join that one, and then refuse num_cpus / object_store_memory)
+            address="local",
             num_cpus=args.num_cpus,
             include_dashboard=False if args.no_dashboard else None,
             object_store_memory=512 * 2**20,  # only small objects travel: checkpoints go to storage

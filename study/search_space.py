@@ -9,6 +9,10 @@ playbook does: *scientific* (what the study measures: the constraint weights), *
   run first, on the same seeds, and count toward ``num_samples``.
 - ``kind: grid``: every named group of SPEC 4 on the same seed list (the ablation); no sampler.
 
+The objective is one metric (``objective: {metric, mode}``) or several (``objectives:`` a list
+of 2 or 3 ``{metric, mode}``): Optuna's multi-objective TPE (or NSGA-II, ``sampler.type:
+nsga2``) then searches them all on the seed means, and the report draws the Pareto front.
+
 This module imports neither Ray nor Optuna: the define-by-run function it builds only calls the
 ``suggest_*`` methods of whatever trial object it is handed.
 """
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,10 @@ from study.metrics import METRIC_NAMES
 
 # The metrics a search may optimise: an objective is val_<one of these> (SPEC 3, not the s.e.).
 OBJECTIVE_METRICS = tuple(m for m in METRIC_NAMES if m != "cde_loss_se")
+# ...or the run's cost, a frame column too (seconds of train(); a metric vs cost trade-off).
+OBJECTIVE_EXTRA = ("train_seconds",)
+MAX_OBJECTIVES = 3  # the report draws every pair of objectives; Optuna's own plot takes 2 or 3
+SAMPLERS = ("tpe", "nsga2")  # Optuna's TPE (multi-objective too) and NSGA-II
 # Short parameter names and the config fields they override (apply_overrides keys).
 PARAM_KEYS = {
     "g_flux": "loss.g_flux",
@@ -54,6 +62,7 @@ _TOP_KEYS = {
     "seeds",
     "num_samples",
     "objective",
+    "objectives",
     "sampler",
     "reference_points",
     "parameters",
@@ -80,6 +89,14 @@ class Param:
         return PARAM_KEYS.get(self.name, self.name)
 
 
+@dataclass(frozen=True)
+class Objective:
+    """One metric the search optimises, on the seed means of a configuration."""
+
+    metric: str  # a frame column: val_<SPEC 3 metric> or train_seconds
+    mode: str  # min | max (Ray's word for Optuna's minimize | maximize)
+
+
 @dataclass
 class SearchSpace:
     """A validated search space (after any command-line overrides)."""
@@ -89,15 +106,32 @@ class SearchSpace:
     kind: str
     seeds: list[int]
     num_samples: int  # configurations, reference points included (optuna); ignored for grid
-    metric: str = "val_cde_loss"
-    mode: str = "min"
+    # one (``objective:``) or 2-3 (``objectives:``); the first ranks the summary and Table 1
+    objectives: list[Objective] = field(default_factory=lambda: [Objective("val_cde_loss", "min")])
     sampler_seed: int = 0
+    sampler_type: str = "tpe"  # tpe | nsga2
+    population_size: int | None = None  # nsga2 only: configurations per generation
     preset: str | None = None
     base_group: str = "baseline_aug"
     groups: list[str] = field(default_factory=list)
     reference_points: list[dict[str, Any]] = field(default_factory=list)
     parameters: dict[str, Param] = field(default_factory=dict)
     description: str = ""
+
+    @property
+    def metric(self) -> str:
+        """The (first) objective's metric, e.g. ``val_cde_loss``."""
+        return self.objectives[0].metric
+
+    @property
+    def mode(self) -> str:
+        """The (first) objective's direction, ``min`` or ``max``."""
+        return self.objectives[0].mode
+
+    @property
+    def multi_objective(self) -> bool:
+        """Two or more objectives: Optuna searches a Pareto front."""
+        return len(self.objectives) > 1
 
     @property
     def searched(self) -> list[Param]:
@@ -154,19 +188,27 @@ class SearchSpace:
             "kind": self.kind,
             "preset": self.preset,
             "seeds": list(self.seeds),
-            "objective": {"metric": self.metric, "mode": self.mode},
+            **self._objectives_dict(),
             "parameters": params,
         }
         if self.kind == "grid":
             out["groups"] = list(self.groups)
         else:
+            sampler: dict[str, Any] = {"type": self.sampler_type, "seed": self.sampler_seed}
+            if self.population_size is not None:
+                sampler["population_size"] = self.population_size
             out.update(
                 base_group=self.base_group,
                 num_samples=self.num_samples,
-                sampler={"type": "tpe", "seed": self.sampler_seed},
+                sampler=sampler,
                 reference_points=copy.deepcopy(self.reference_points),
             )
         return out
+
+    def _objectives_dict(self) -> dict[str, Any]:
+        """``objective: {...}`` for one, ``objectives: [...]`` for several (the file's forms)."""
+        objectives = [{"metric": o.metric, "mode": o.mode} for o in self.objectives]
+        return {"objectives": objectives} if self.multi_objective else {"objective": objectives[0]}
 
 
 def resolve_path(search: str) -> Path:
@@ -215,7 +257,7 @@ def parse(raw: Any, path: str = "<search space>") -> SearchSpace:
         description=str(raw.get("description", "")).strip(),
         preset=raw.get("preset"),
     )
-    _objective(raw.get("objective", {}), space, fail)
+    space.objectives = _objectives(raw, fail)
     space.parameters = _parameters(raw.get("parameters", {}), fail)
     if kind == "grid":
         _grid(raw, space, fail)
@@ -244,20 +286,41 @@ def _seeds(value: Any, fail: Callable[..., UserError]) -> list[int]:
     return list(value)
 
 
-def _objective(raw: Any, space: SearchSpace, fail: Callable[..., UserError]) -> None:
-    if not isinstance(raw, dict):
-        raise fail("objective", "expected a mapping with metric and mode")
-    _no_unknown(raw, {"metric", "mode"}, "objective.", fail)
-    space.metric = raw.get("metric", "val_cde_loss")
-    space.mode = raw.get("mode", "min")
-    names = [f"val_{m}" for m in OBJECTIVE_METRICS]
-    if space.metric not in names:
+def _objectives(raw: dict, fail: Callable[..., UserError]) -> list[Objective]:
+    """``objective: {metric, mode}`` (one) or ``objectives: [{metric, mode}, ...]`` (2-3)."""
+    if "objectives" not in raw:
+        return [_objective(raw.get("objective", {}), "objective", fail, default="val_cde_loss")]
+    if "objective" in raw:
+        raise fail("objectives", "give objective (one metric) or objectives (several), not both")
+    items = raw["objectives"]
+    if not isinstance(items, list) or not 2 <= len(items) <= MAX_OBJECTIVES:
         raise fail(
-            "objective.metric",
-            f"unknown {space.metric!r}; use val_<SPEC 3 metric>, e.g. val_cde_loss",
+            "objectives",
+            f"a list of 2 to {MAX_OBJECTIVES} mappings {{metric, mode}}; for one use objective:",
         )
-    if space.mode not in ("min", "max"):
-        raise fail("objective.mode", f"unknown {space.mode!r}; use min or max")
+    objectives = [_objective(item, f"objectives[{i}]", fail) for i, item in enumerate(items)]
+    for i, o in enumerate(objectives):
+        if o.metric in [p.metric for p in objectives[:i]]:
+            raise fail(f"objectives[{i}].metric", f"{o.metric!r} is listed twice")
+    return objectives
+
+
+def _objective(
+    raw: Any, key: str, fail: Callable[..., UserError], default: str | None = None
+) -> Objective:
+    if not isinstance(raw, dict):
+        raise fail(key, "expected a mapping with metric and mode")
+    _no_unknown(raw, {"metric", "mode"}, f"{key}.", fail)
+    metric, mode = raw.get("metric", default), raw.get("mode", "min")
+    names = [f"val_{m}" for m in OBJECTIVE_METRICS] + list(OBJECTIVE_EXTRA)
+    if metric not in names:
+        raise fail(
+            f"{key}.metric",
+            f"unknown {metric!r}; use val_<SPEC 3 metric> (e.g. val_sigma_nmad) or train_seconds",
+        )
+    if mode not in ("min", "max"):
+        raise fail(f"{key}.mode", f"unknown {mode!r}; use min or max")
+    return Objective(metric, mode)
 
 
 def _parameters(raw: Any, fail: Callable[..., UserError]) -> dict[str, Param]:
@@ -336,16 +399,7 @@ def _optuna(raw: dict, space: SearchSpace, fail: Callable[..., UserError]) -> No
         raise fail("base_group", f"unknown {space.base_group!r}; use {', '.join(GROUPS)}")
     if not space.searched:
         raise fail("parameters", "kind: optuna needs at least one scientific or nuisance parameter")
-    sampler = raw.get("sampler", {})
-    if not isinstance(sampler, dict):
-        raise fail("sampler", "expected a mapping {type: tpe, seed: S}")
-    _no_unknown(sampler, {"type", "seed"}, "sampler.", fail)
-    if sampler.get("type", "tpe") != "tpe":
-        raise fail("sampler.type", f"unknown {sampler.get('type')!r}; only tpe")
-    seed = sampler.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise fail("sampler.seed", f"needs an integer, got {seed!r}")
-    space.sampler_seed = seed
+    _sampler(raw.get("sampler", {}), space, fail)
     space.reference_points = [
         _point(p, i, space, fail) for i, p in enumerate(raw.get("reference_points") or [])
     ]
@@ -356,6 +410,28 @@ def _optuna(raw: dict, space: SearchSpace, fail: Callable[..., UserError]) -> No
             f"{n!r}: an integer >= the {len(space.reference_points)} reference points",
         )
     space.num_samples = n
+
+
+def _sampler(sampler: Any, space: SearchSpace, fail: Callable[..., UserError]) -> None:
+    if not isinstance(sampler, dict):
+        raise fail("sampler", "expected a mapping {type: tpe, seed: S}")
+    _no_unknown(sampler, {"type", "seed", "population_size"}, "sampler.", fail)
+    space.sampler_type = sampler.get("type", "tpe")
+    if space.sampler_type not in SAMPLERS:
+        raise fail(
+            "sampler.type", f"unknown {space.sampler_type!r}; use one of {', '.join(SAMPLERS)}"
+        )
+    seed = sampler.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise fail("sampler.seed", f"needs an integer, got {seed!r}")
+    space.sampler_seed = seed
+    if "population_size" in sampler:
+        size = sampler["population_size"]
+        if space.sampler_type != "nsga2":
+            raise fail("sampler.population_size", "only for type: nsga2; remove it")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+            raise fail("sampler.population_size", f"needs an integer >= 2, got {size!r}")
+        space.population_size = size
 
 
 def _point(raw: Any, i: int, space: SearchSpace, fail: Callable[..., UserError]) -> dict[str, Any]:
@@ -458,3 +534,30 @@ def label(space: SearchSpace, values: dict[str, Any]) -> str:
         if all(point[k] == v for k, v in values.items()):
             return point["group"]
     return "search"
+
+
+# ---- several objectives ----------------------------------------------------------------------
+
+
+def pareto_optimal(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[bool]:
+    """Which points no other point dominates (as good on every objective and better on one).
+
+    Args:
+        points: one row of objective values per configuration (its seed means).
+        modes: ``min`` or ``max`` per objective.
+
+    A point with a NaN (or infinite) value is never optimal and dominates nothing; points
+    with equal values are all optimal.
+    """
+    signs = [1.0 if m == "min" else -1.0 for m in modes]
+    rows = [[s * float(v) for s, v in zip(signs, p, strict=True)] for p in points]
+    finite = [all(math.isfinite(v) for v in r) for r in rows]
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        pairs = list(zip(a, b, strict=True))
+        return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
+
+    return [
+        finite[i] and not any(finite[j] and dominates(rows[j], r) for j in range(len(rows)))
+        for i, r in enumerate(rows)
+    ]

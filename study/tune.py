@@ -7,7 +7,9 @@ each epoch with ``ray.tune.report`` and its checkpoint with ``ray.tune.Checkpoin
 Paired seeds. For an ``optuna`` search, ``ray.tune.search.Repeater`` wraps ``OptunaSearch`` (TPE,
 seeded, a conditional define-by-run space) so that every sampled configuration runs once per
 seed of the fixed seed list (``config["__trial_index__"]`` indexes it) and Optuna is told the
-seed mean. A ``grid`` search (the ablation) is a plain ``tune.grid_search`` over group x seed.
+seed mean. With several objectives Optuna searches them all (multi-objective TPE or NSGA-II) and
+``study.seed_means.SeedMeanRepeater`` tells it each one's seed mean (Ray's Repeater takes one).
+A ``grid`` search (the ablation) is a plain ``tune.grid_search`` over group x seed.
 
 The study directory (SPEC 8)::
 
@@ -186,7 +188,6 @@ def experiment_path(settings: dict[str, Any]) -> str:
 
 
 def _searcher(space: SearchSpace, study_dir: Path) -> Any:
-    import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     from ray.tune.search import Repeater
@@ -195,14 +196,55 @@ def _searcher(space: SearchSpace, study_dir: Path) -> Any:
     storage = JournalStorage(JournalFileBackend(str(study_dir / JOURNAL)))
     optuna_search = OptunaSearch(
         space=ss.define_by_run(space),
-        metric=space.metric,
-        mode=space.mode,
+        metric=[o.metric for o in space.objectives] if space.multi_objective else space.metric,
+        mode=[o.mode for o in space.objectives] if space.multi_objective else space.mode,
         points_to_evaluate=[ss.optuna_point(space, p) for p in space.reference_points] or None,
-        sampler=optuna.samplers.TPESampler(seed=space.sampler_seed),
+        sampler=make_sampler(space),
         study_name=OPTUNA_STUDY,
         storage=storage,
     )
+    if space.multi_objective:
+        return _multi_objective_repeater(space, optuna_search, storage)
     return Repeater(optuna_search, repeat=len(space.seeds), set_index=True)
+
+
+# ---- several objectives (issue 14) -----------------------------------------------------------
+
+
+def make_sampler(space: SearchSpace) -> Any:
+    """The space's Optuna sampler, seeded: TPE (multi-objective too) or NSGA-II.
+
+    Optuna's TPE handles several objectives itself (MOTPE, ranking trials by non-domination and
+    hypervolume contribution); NSGA-II needs a population per generation (Optuna's default 50,
+    more than most of our studies' configurations, so its first generation is all random).
+    """
+    import optuna
+
+    if space.sampler_type == "nsga2":
+        return optuna.samplers.NSGAIISampler(
+            population_size=space.population_size or 50, seed=space.sampler_seed
+        )
+    return optuna.samplers.TPESampler(seed=space.sampler_seed)
+
+
+def _multi_objective_repeater(space: SearchSpace, optuna_search: Any, storage: Any) -> Any:
+    """Paired seeds for several objectives, and the objectives' names in the journal.
+
+    Ray's Repeater averages one metric only (see ``study.seed_means``). The names go into the
+    Optuna study (``set_metric_names``) so that optuna-dashboard and Optuna's plots label axes.
+    """
+    import warnings
+
+    import optuna
+
+    from study.seed_means import SeedMeanRepeater
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.load_study(study_name=OPTUNA_STUDY, storage=storage).set_metric_names(
+            [o.metric for o in space.objectives]
+        )
+    return SeedMeanRepeater(optuna_search, repeat=len(space.seeds), set_index=True)
 
 
 def _reporter(space: SearchSpace) -> Any:
@@ -215,7 +257,11 @@ def _reporter(space: SearchSpace) -> Any:
         params, metrics = ["group", "seed"], {"config_id": "config"}
     return CLIReporter(
         parameter_columns=params,
-        metric_columns={**metrics, "epoch": "epoch", space.metric: space.metric},
+        metric_columns={
+            **metrics,
+            "epoch": "epoch",
+            **{o.metric: o.metric for o in space.objectives},
+        },
         max_report_frequency=30,
         sort_by_metric=False,
     )
@@ -390,6 +436,8 @@ def summary(frame: pd.DataFrame, space: SearchSpace) -> str:
     """Each configuration's objective as mean +- std over its seeds (n stated), best first."""
     if frame.empty:
         return "no finished runs"
+    if space.multi_objective:
+        return pareto_summary(frame, space)
     col = space.metric
     cols = ["group", "g_flux", "g_inv", "g_cde", "lr"]
     stats = frame.groupby("config_id").agg(
@@ -406,4 +454,40 @@ def summary(frame: pd.DataFrame, space: SearchSpace) -> str:
     lines.append(
         f"best configuration {stats.index[0]} ({best['group']}): {col} = {_mean_std(best, long=True)}"
     )
+    return "\n".join(lines)
+
+
+def pareto_summary(frame: pd.DataFrame, space: SearchSpace) -> str:
+    """Several objectives: each configuration's seed means (+- std, n), * on the Pareto front.
+
+    Sorted by the first objective; the front is taken on the seed means (what Optuna was told).
+    """
+    metrics = [o.metric for o in space.objectives]
+    by = frame.groupby("config_id", sort=False)
+    first = by[["group", "g_flux", "g_inv", "g_cde", "lr"]].first()
+    means, stds, n = by[metrics].mean(), by[metrics].std(), by.size()
+    optimal = dict(
+        zip(
+            means.index,
+            ss.pareto_optimal(means.to_numpy().tolist(), [o.mode for o in space.objectives]),
+            strict=True,
+        )
+    )
+    head = ", ".join(f"{o.metric} ({o.mode}imise)" for o in space.objectives)
+    lines = [f"{head}, mean +- std over seeds; * on the Pareto front of the seed means:"]
+    for cid in means[metrics[0]].sort_values(ascending=space.mode == "min").index:
+        r = first.loc[cid]
+        cells = [
+            {"mean": means.at[cid, m], "std": stds.at[cid, m], "n": int(n[cid])} for m in metrics
+        ]
+        values = "; ".join(
+            f"{m} = {_mean_std(pd.Series(c, dtype=object))}"
+            for m, c in zip(metrics, cells, strict=True)
+        )
+        lines.append(
+            f"  {'*' if optimal[cid] else ' '} {cid}  {r['group']:<12} g_flux={r.g_flux:.3g} "
+            f"g_inv={r.g_inv:.3g} g_cde={r.g_cde:.3g} lr={r.lr:.3g}:  {values}"
+        )
+    front = [f"{cid} ({first.at[cid, 'group']})" for cid, on in optimal.items() if on]
+    lines.append(f"Pareto front: {len(front)} of {len(means)} configurations: {', '.join(front)}")
     return "\n".join(lines)

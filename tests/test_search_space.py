@@ -19,7 +19,12 @@ SPEC3 = set(SPEC3_METRICS) - {"cde_loss_se"}  # objectives
 def test_gamma_file():
     space = ss.load("gamma")
     assert space.kind == "optuna" and space.base_group == "baseline_aug"
-    assert (space.metric, space.mode) == ("val_cde_loss", "min")
+    # issue 14: two objectives no loss term trains on (not cde_loss, which P_cde trains)
+    assert space.objectives == [
+        ss.Objective("val_sigma_nmad", "min"),
+        ss.Objective("val_outlier_frac", "min"),
+    ]
+    assert space.multi_objective and (space.metric, space.mode) == ("val_sigma_nmad", "min")
     assert space.seeds == [0, 1, 2, 3, 4] and space.num_samples == 40
     for name in ("g_flux", "g_inv", "g_cde"):
         p = space.parameters[name]
@@ -51,6 +56,13 @@ def test_ablation_and_demo_files():
     demo = ss.load("demo")
     assert demo.preset == "demo" and demo.seeds == [0, 1]
     assert demo.num_samples - len(demo.reference_points) == 2  # two sampled configurations
+    assert demo.objectives == [ss.Objective("val_cde_loss", "min")]  # make demo as before
+    # demo_pareto: the demo with gamma's two objectives, and nothing else changed
+    pareto = ss.load("demo_pareto")
+    assert pareto.objectives == ss.load("gamma").objectives
+    drop = ("name", "description", "objective", "objectives")
+    same = [{k: v for k, v in s.to_dict().items() if k not in drop} for s in (demo, pareto)]
+    assert same[0] == same[1]
 
 
 def test_constants_agree_with_the_rest_of_the_code():
@@ -58,6 +70,7 @@ def test_constants_agree_with_the_rest_of_the_code():
 
     assert ss.GROUPS == GROUPS
     assert set(ss.OBJECTIVE_METRICS) == SPEC3
+    assert ss.OBJECTIVE_EXTRA == ("train_seconds",)  # a frame column (SPEC 8)
 
 
 def test_overrides():
@@ -70,7 +83,7 @@ def test_overrides():
 
 
 def test_resolved_space_round_trips():
-    for name in ("gamma", "ablation", "demo"):
+    for name in ("gamma", "ablation", "demo", "demo_pareto"):
         space = ss.load(name)
         again = ss.parse(yaml.safe_load(yaml.safe_dump(space.to_dict())), space.path)
         assert again.to_dict() == space.to_dict()
@@ -92,7 +105,14 @@ def _gamma_raw() -> dict:
         ),
         (lambda r: r.update(seeds=0), "seeds"),
         (lambda r: r["parameters"]["lr"].update(role="nuisanse"), "parameters.lr.role"),
-        (lambda r: r["objective"].update(metric="val_cde"), "objective.metric"),
+        (lambda r: r["objectives"][1].update(metric="val_outliers"), "objectives[1].metric"),
+        (lambda r: r["objectives"][0].update(mode="minimize"), "objectives[0].mode"),
+        (lambda r: r["objectives"][0].update(direction="min"), "objectives[0].direction"),
+        (lambda r: r["objectives"].pop(), "objectives"),  # one: that is objective's form
+        (lambda r: r["objectives"].append(r["objectives"][0]), "objectives[2].metric"),  # twice
+        (lambda r: r.update(objective={"metric": "val_ks"}), "objectives"),  # both forms
+        (lambda r: r["sampler"].update(type="nsga3"), "sampler.type"),
+        (lambda r: r["sampler"].update(population_size=20), "sampler.population_size"),  # tpe
         (lambda r: r["reference_points"][0].update(g_flux=5.0), "reference_points[0].g_flux"),
         (lambda r: r.update(num_samples=1), "num_samples"),
     ],
@@ -107,6 +127,65 @@ def test_malformed_file_is_one_line_naming_file_and_key(tmp_path, edit, key):
     msg = str(err.value)
     assert msg.startswith(f"{path}: {key}:"), msg
     assert "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda r: r["objective"].update(metric="val_cde"), "objective.metric"),
+        (lambda r: r["objective"].update(metric="cde_loss"), "objective.metric"),  # no val_
+        (lambda r: r["objective"].update(mode="maximise"), "objective.mode"),
+        (lambda r: r.update(objective="val_ks"), "objective"),
+        (lambda r: r["sampler"].update(type="nsga2", population_size=1), "sampler.population_size"),
+    ],
+)
+def test_malformed_single_objective_is_one_line(tmp_path, edit, key):
+    raw = yaml.safe_load(ss.resolve_path("demo").read_text())
+    edit(raw)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError) as err:
+        ss.load(str(path))
+    assert str(err.value).startswith(f"{path}: {key}:") and "\n" not in str(err.value)
+
+
+def test_objectives_forms_parse():
+    raw = yaml.safe_load(ss.resolve_path("demo").read_text())
+    raw["objectives"] = [{"metric": "val_ks"}, {"metric": "train_seconds", "mode": "min"}]
+    raw["objectives"].append({"metric": "val_coverage_68", "mode": "max"})
+    del raw["objective"]
+    raw["sampler"] = {"type": "nsga2", "seed": 3, "population_size": 8}
+    space = ss.parse(raw, "x.yaml")
+    assert [(o.metric, o.mode) for o in space.objectives] == [
+        ("val_ks", "min"),  # mode defaults to min
+        ("train_seconds", "min"),
+        ("val_coverage_68", "max"),
+    ]
+    assert (space.sampler_type, space.sampler_seed, space.population_size) == ("nsga2", 3, 8)
+    again = ss.parse(yaml.safe_load(yaml.safe_dump(space.to_dict())), "x.yaml")
+    assert again.to_dict() == space.to_dict() and "objective" not in space.to_dict()
+    # the single form without a metric keeps its default (files from before issue 14)
+    del raw["objectives"]
+    assert ss.parse(raw | {"objective": {}}, "x.yaml").objectives == [
+        ss.Objective("val_cde_loss", "min")
+    ]
+
+
+def test_pareto_optimal_by_hand():
+    # (1, 4), (2, 2), (4, 1) trade off; (3, 3) is beaten by (2, 2); (2, 5) by (1, 4)
+    pts = [(1, 4), (2, 2), (3, 3), (4, 1), (2, 5)]
+    assert ss.pareto_optimal(pts, ["min", "min"]) == [True, True, False, True, False]
+    # maximising the second: (2, 5) beats (2, 2), (3, 3) and (4, 1); (1, 4) has the best first
+    assert ss.pareto_optimal(pts, ["min", "max"]) == [True, False, False, False, True]
+    # ties are all optimal; NaN is never optimal and beats nothing
+    nan = float("nan")
+    assert ss.pareto_optimal([(1, 1), (1, 1), (nan, 0), (2, 0)], ["min", "min"]) == [
+        True,
+        True,
+        False,
+        True,
+    ]
+    assert ss.pareto_optimal([], ["min", "min"]) == []
 
 
 def test_unknown_search_name_and_bad_yaml(tmp_path):
@@ -136,6 +215,21 @@ def test_cli_rejects_bad_space_before_ray_starts(tmp_path, capsys):
     )
     assert not ray.is_initialized() and time.perf_counter() - t0 < 5
     assert not (tmp_path / "s").exists()
+
+
+def test_cli_rejects_bad_objectives_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    from study.run import main
+
+    raw = _gamma_raw()
+    raw["objectives"][1]["mode"] = "minimize"  # Optuna's word; the file's is Ray's (min | max)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["--search", str(path), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {path}: objectives[1].mode: unknown 'minimize'; use min or max"
+    assert not ray.is_initialized() and not (tmp_path / "s").exists()
 
 
 def test_cli_refuses_non_empty_out(tmp_path, capsys):
