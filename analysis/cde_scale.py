@@ -182,7 +182,8 @@ def compare(a_runs: Sequence[str | Path], b_runs: Sequence[str | Path]) -> dict[
         boot = paired_bootstrap(
             per_galaxy(pa.p, pa.zs, pa.edges), per_galaxy(pb.p, pb.zs, pb.edges)
         )
-        galaxies.append(boot.assign(seed=seed))
+        boot = boot.rename(columns={"value": "a", "peer": "b", "diff": "a_minus_b"})
+        galaxies.append(boot.drop(columns=["value_std", "n_seeds"]).assign(seed=seed))
     return {
         "per_seed": per_seed,
         "paired": paired,

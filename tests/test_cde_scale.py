@@ -78,7 +78,8 @@ def test_compare_pairs_runs_by_seed(tmp_path):
         "outlier_frac",
         "cde_loss",
     }
-    assert (gal["ci_low"] <= gal["diff"]).all() and (gal["diff"] <= gal["ci_high"]).all()
+    assert (gal["ci_low"] <= gal["a_minus_b"]).all() and (gal["a_minus_b"] <= gal["ci_high"]).all()
+    assert np.allclose(gal["a_minus_b"], gal["a"] - gal["b"])
 
 
 def test_cli_candidates(capsys):
