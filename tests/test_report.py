@@ -259,6 +259,13 @@ def test_report_on_real_tiny_study(tiny_study, monkeypatch):
     land = pd.read_csv(tiny_study / "report" / "landscape.csv")
     assert set(land["label"]) == {"baseline", "baseline_aug", "constrained"}
     assert land["curvature"].notna().all()
+    # a real ablation's CDE training scales (issue 13): the paper's for constrained, whose
+    # g_cde = 0.1 is 0.1 * dz / C in density units (tiny preset: 180 bins over [0, 0.4])
+    rows = json.loads((tiny_study / "report" / "report.json").read_text())["cde_training"]
+    scale = {r["label"]: (r["cde_scale"], r["g_cde_density"]) for r in rows}
+    assert scale["baseline"] == ("density", 0.0) and scale["baseline_aug"] == ("density", 0.0)
+    assert scale["constrained"][0] == "paper"
+    assert scale["constrained"][1] == pytest.approx(0.1 * 0.4 / 180**2, rel=1e-9)
 
 
 def test_png_export_falls_back_gracefully(tmp_path, monkeypatch):
