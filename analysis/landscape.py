@@ -170,7 +170,11 @@ class LandscapeBatch:
 
 
 def photoz_evaluator(
-    batch: LandscapeBatch, weights: dict[str, float], *, chunk: int = 256
+    batch: LandscapeBatch,
+    weights: dict[str, float],
+    *,
+    chunk: int = 256,
+    cde_scale: str = "density",
 ) -> Evaluator:
     """Evaluator of every loss term and the total: the trainer's own objective, on fixed galaxies.
 
@@ -181,6 +185,8 @@ def photoz_evaluator(
     the weights), the first view is the plain images and the invariance term's view is the
     batch's fixed ``view``. Batch means over all galaxies, computed ``chunk`` galaxies at a time
     and averaged weighted by chunk size (one chunk: exactly the trainer's values).
+    ``cde_scale`` is the run's ``loss.cde_scale`` (``loss_scale(config)``): the ``cde`` term
+    on the scale its weight multiplies.
     """
 
     @torch.no_grad()
@@ -198,6 +204,7 @@ def photoz_evaluator(
                 model,
                 flux_table=table,  # None: flux is NaN
                 logits_view=model(batch.view[sl], batch.ebv[sl]),
+                cde_scale=cde_scale,
             )
             terms["total"] = losses.total_loss(terms, weights)
             for k, v in terms.items():
@@ -212,6 +219,13 @@ def loss_weights(config: dict) -> dict[str, float]:
     from study.config import config_from_dict
 
     return losses.weights_of(config_from_dict(config).loss)
+
+
+def loss_scale(config: dict) -> str:
+    """The run's CDE training scale (``loss.cde_scale``; density for a run from before it)."""
+    from study.config import config_from_dict
+
+    return config_from_dict(config).loss.cde_scale
 
 
 def load_batch(
@@ -257,7 +271,7 @@ def run_landscape(
     dev = pick_device(device)
     config, model = load_trained_model(run_dir, device=dev)
     batch = load_batch(config, run_dir, n_galaxies=n_galaxies, seed=seed, device=dev)
-    evaluate = photoz_evaluator(batch, loss_weights(config))
+    evaluate = photoz_evaluator(batch, loss_weights(config), cde_scale=loss_scale(config))
     gen = torch.Generator().manual_seed(seed)
     d1, d2 = random_direction(model, gen), random_direction(model, gen)
     t0 = time.perf_counter()

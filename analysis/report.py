@@ -39,7 +39,7 @@ from plotly.offline import get_plotlyjs
 
 from analysis import figures
 from analysis.peers import ESTIMATORS
-from analysis.results import Predictions, Study, load_study
+from analysis.results import Predictions, Study, load_run_config, load_study, read_bin_edges
 from analysis.stats import format_mean_std, paired_table, pareto_table, summarize, variance_split
 from analysis.table import (
     COLUMNS,
@@ -52,7 +52,9 @@ from analysis.table import (
     to_markdown,
 )
 from analysis.verdict import StudyPeers, headline, study_verdict, verdict_rows
+from study.config import config_from_dict
 from study.errors import UserError
+from study.losses import cde_scale_factor
 from study.machine import pick_device
 
 KEY_METRICS = ("sigma_nmad", "bias", "outlier_frac", "cde_loss", "ks", "coverage_68")
@@ -89,6 +91,9 @@ class Tables:
     peers: StudyPeers | None = None  # peers.csv, verdict.csv: None with peers=()
     # pareto.csv: seed mean and std per objective and configuration; empty for one objective
     pareto: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # cde_training.csv (and report.json's cde_training): per label, the scale its CDE training
+    # term was on and its weight in both units (issue 13; the metric cde_loss is density)
+    cde_training: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass
@@ -139,7 +144,12 @@ def build_report(
     write_figures(figs, out, png=png)
     seconds = time.perf_counter() - t0
     (out / "report.html").write_text(render_page(study, tables, figs, seconds))
-    summary = {"seconds": seconds, "timings": figs.timings, "figures": [n for n, _ in figs.figures]}
+    summary = {
+        "seconds": seconds,
+        "timings": figs.timings,
+        "figures": [n for n, _ in figs.figures],
+        "cde_training": tables.cde_training.to_dict(orient="records"),
+    }
     (out / "report.json").write_text(json.dumps(summary, indent=1))
     return out / "report.html"
 
@@ -226,6 +236,35 @@ def make_tables(study: Study, best: int, peers: StudyPeers | None = None) -> Tab
         variance=pd.DataFrame(var_rows),
         peers=peers,
         pareto=pareto(study),
+        cde_training=cde_training(study, frame),
+    )
+
+
+def cde_training(study: Study, frame: pd.DataFrame) -> pd.DataFrame:
+    """Per label: the CDE training term's scale (``loss.cde_scale``), g_cde and its density weight.
+
+    Read from every run's ``config.yaml`` (a run from before the field: density, what it
+    trained on). ``g_cde_density`` is ``g_cde`` times ``study.losses.cde_scale_factor``, so
+    rows on different scales compare in one unit; 0 means no CDE term.
+    """
+    rows = []
+    for label, runs in frame.groupby("label", sort=False):
+        scales, weights = [], []
+        for _, row in runs.iterrows():
+            run_dir = study.run_dir(row)
+            loss = config_from_dict(load_run_config(run_dir)).loss
+            scales.append(loss.cde_scale)
+            weights.append(loss.g_cde * cde_scale_factor(loss.cde_scale, read_bin_edges(run_dir)))
+        rows.append({
+            "label": str(label),
+            "group": str(runs["group"].iloc[0]),
+            "cde_scale": "/".join(dict.fromkeys(scales)),  # one, unless the label mixes runs
+            "g_cde": float(runs["g_cde"].iloc[0]) if "g_cde" in runs else float("nan"),
+            "g_cde_density": float(np.mean(weights)),
+            "n_runs": len(runs),
+        })  # fmt: skip
+    return pd.DataFrame(
+        rows, columns=["label", "group", "cde_scale", "g_cde", "g_cde_density", "n_runs"]
     )
 
 
@@ -257,6 +296,7 @@ def write_tables(tables: Tables, out: Path) -> None:
     tables.variance.to_csv(out / "variance.csv", index=False)
     if not tables.pareto.empty:
         tables.pareto.to_csv(out / "pareto.csv", index=False)
+    tables.cde_training.to_csv(out / "cde_training.csv", index=False)
 
 
 def _peers_markdown(peers: StudyPeers) -> str:
@@ -470,6 +510,7 @@ def render_page(study: Study, tables: Tables, figs: Figures, seconds: float) -> 
         ],
         notes=figs.notes,
         summary=_df_html(summ[summ["metric"].isin([f"test_{m}" for m in KEY_METRICS])]),
+        cde_training=cde_training_view(tables.cde_training),
     )
 
 
@@ -495,6 +536,21 @@ def pareto_view(study: Study, table: pd.DataFrame) -> dict[str, Any] | None:
         "n": len(table),
         "table": _df_html(view),
     }
+
+
+def cde_training_view(table: pd.DataFrame) -> list[dict[str, str]]:
+    """The page's rows of ``cde_training``: label, scale (or 'no CDE term'), both weights."""
+    return [
+        {
+            "label": r["label"] if r["label"] == r["group"] else f"{r['group']} {r['label']}",
+            "scale": r["cde_scale"]
+            if r["g_cde_density"] != 0
+            else f"no CDE term ({r['cde_scale']})",
+            "g_cde": f"{r['g_cde']:.3g}",
+            "g_cde_density": f"{r['g_cde_density']:.3g}",
+        }
+        for _, r in table.iterrows()
+    ]
 
 
 def verdict_view(tables: Tables) -> dict[str, Any] | None:

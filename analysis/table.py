@@ -208,8 +208,11 @@ def to_markdown(table: pd.DataFrame) -> str:
         "Cells: mean ± std over n seeds of the test-set metric (std with ddof=1). "
         "Italic rows are literature values copied from the paper's Table 1 (its own three "
         "runs, one seed each, and the published comparison works), not reproduced here.",
-        "The paper's CDE loss is on another scale (about -8e-4); ours is the Izbicki & Lee "
-        "loss in density units (SPEC 2), so compare CDE loss only between rows of this study.",
+        "The paper's CDE loss is on another scale (about -8e-4): (sum_c p_c^2 - 2 p_c(zs)) / C, "
+        "dz / C = 1.2e-5 times ours on 180 bins over [0, 0.4] (README \"The CDE term's "
+        'scale"); ours is the Izbicki & Lee loss in density units (SPEC 2), so compare CDE '
+        "loss only between rows of this study. Which scale each row's CDE *training* term "
+        "was on: the report's cde_training.csv.",
         "The literature rows used SDSS DR12 images and a full-size ResNet50; rows of this "
         "study use the preset and data the study was run with.",
     ]

@@ -112,7 +112,14 @@ def joint_step(
         both = step_model(torch.cat([first, view]), torch.cat([batch.ebv, batch.ebv]))
     logits, logits_view = both.chunk(2)  # (B, C) each
     terms = loss_terms(
-        logits, batch.zs, edges, model, flux_table=batch.flux_table, logits_view=logits_view
+        logits,
+        batch.zs,
+        edges,
+        model,
+        flux_table=batch.flux_table,
+        logits_view=logits_view,
+        target_sigma=cfg.loss.target_sigma,
+        cde_scale=cfg.loss.cde_scale,
     )
     total = total_loss(terms, weights_of(cfg.loss))
     opt.zero_grad(set_to_none=True)

@@ -28,6 +28,7 @@ GROUP_LABELS = (*GROUPS, "custom")
 Arch = Literal["resnet50_hayat", "resnet50", "resnet18", "small_cnn", "tiny_cnn"]
 ImageDtype = Literal["float32", "float16"]
 Device = Literal["auto", "cuda", "cpu"]
+CdeScale = Literal["density", "paper"]  # study.losses.CDE_SCALES
 
 
 @dataclass
@@ -79,7 +80,14 @@ class LossConfig:
     g_l2: float = 1e-6  # paper Table 2
     g_flux: float = 0.0  # spectrophotometric flux constraint; needs the file's flux_table
     g_inv: float = 0.0  # D4 rotation + background-resampling invariance (second view per step)
-    g_cde: float = 0.0  # Izbicki & Lee CDE loss, density units
+    g_cde: float = 0.0  # Izbicki & Lee CDE loss, on the scale cde_scale names
+    # the scale of the CDE *training* term g_cde multiplies (the metric cde_loss is always
+    # density): "density" = sum_c f_c^2 dz_c - 2 f_c(zs), f = p / dz (SPEC 2); "paper" =
+    # (sum_c p_c^2 - 2 p_c(zs)) / C, the scale of the paper's Table 1 values (about -8e-4),
+    # dz / C = 1.23e-5 times the density term on 180 bins over [0, 0.4]. So g_cde = 0.1 on
+    # "paper" is 1.23e-6 on "density": the paper's CDE term was nearly off (README "The CDE
+    # term's scale"). Default density: what every run before this field trained on.
+    cde_scale: CdeScale = "density"
     # random D4 element + background resampling of every training batch (the paper's
     # "augmented" input pipeline)
     augment: bool = False
@@ -143,6 +151,9 @@ class Config:
 
 
 SECTIONS = ("data", "model", "loss", "optim", "run")
+# The loss fields every resolved config.yaml held before loss.cde_scale (issue 13): such a file
+# trained its CDE term on the density scale, whatever its group's scale is now.
+LEGACY_LOSS_FIELDS = frozenset({"g_l2", "g_flux", "g_inv", "g_cde", "augment"})
 
 # Each preset: overrides of the defaults above (the defaults are the paper's Table 2).
 _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -188,13 +199,25 @@ _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 # Each group: the loss switches. The paper's three, then one constraint at a time.
+# constrained and cde_only train their CDE term on the paper's scale, so that g_cde = 0.1 is
+# the paper's effective weight (issue 13; on the density scale the same 0.1 is about 8e4
+# times larger, a term as large as the cross entropy: a different experiment). cde_only
+# follows constrained so that the one-at-a-time groups decompose it with the same weights.
+# The density-scale experiment is `--set loss.cde_scale=density` (README "The CDE term's
+# scale"), or a gamma-search sample (whose g_cde is on the density scale).
 _GROUP_OVERRIDES: dict[str, dict[str, Any]] = {
     "baseline": {"loss.augment": False},
     "baseline_aug": {"loss.augment": True},
-    "constrained": {"loss.augment": True, "loss.g_flux": 0.1, "loss.g_inv": 0.1, "loss.g_cde": 0.1},
+    "constrained": {
+        "loss.augment": True,
+        "loss.g_flux": 0.1,
+        "loss.g_inv": 0.1,
+        "loss.g_cde": 0.1,
+        "loss.cde_scale": "paper",
+    },
     "flux_only": {"loss.augment": True, "loss.g_flux": 0.1},
     "inv_only": {"loss.augment": True, "loss.g_inv": 0.1},
-    "cde_only": {"loss.augment": True, "loss.g_cde": 0.1},
+    "cde_only": {"loss.augment": True, "loss.g_cde": 0.1, "loss.cde_scale": "paper"},
     "custom": {},
 }
 
@@ -226,7 +249,10 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> Config:
     """Config from a nested dict such as a ``config.yaml``; missing fields keep the defaults.
 
     The dict's ``preset`` and ``group`` (default ``paper`` / ``baseline``) are applied first, then
-    every other field in it, so a partial dict overrides only what it names.
+    every other field in it, so a partial dict overrides only what it names. One exception: a
+    resolved ``config.yaml`` written before ``loss.cde_scale`` existed (its loss section has
+    every field of that time, ``LEGACY_LOSS_FIELDS``, and no ``cde_scale``) reads as
+    ``cde_scale: density``, the scale it trained on, not its group's scale of today.
 
     Raises:
         UserError: an unknown preset, group, section or field, or a value of the wrong type.
@@ -245,6 +271,9 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> Config:
             raise UserError(f"{where}: section {key!r} must be a mapping of fields")
         for name, v in value.items():
             flat[f"{key}.{name}"] = v
+    loss = d.get("loss")
+    if isinstance(loss, dict) and LEGACY_LOSS_FIELDS <= set(loss) and "cde_scale" not in loss:
+        flat["loss.cde_scale"] = "density"
     cfg = make_config(
         _str_field(d, "preset", "paper", where), _str_field(d, "group", "baseline", where)
     )

@@ -1,6 +1,9 @@
 """Loss terms (SPEC 2): each a small pure function returning a scalar tensor (a batch mean).
 
 Total: ``L = CE + g_l2 * ||theta||^2 + g_flux * P_flux + g_inv * P_inv + g_cde * P_cde``.
+P_cde is trained on one of two scales (``loss.cde_scale``, ``CDE_SCALES``): ``density``, the
+Izbicki & Lee loss in density units (``cde_loss``, as the metric), or ``paper``, the paper's
+(``cde_loss_paper``, ``dz / C`` times smaller on equal bins; README "The CDE term's scale").
 The objective lives here once, for the trainer, the landscape and the benchmarks alike:
 ``loss_terms`` gives every term of a batch, ``weights_of`` the weights of a loss config, and
 ``total_loss`` their one explicit weighted sum.
@@ -22,6 +25,9 @@ from torch import nn
 
 if TYPE_CHECKING:
     from study.config import LossConfig
+
+# The scales the CDE training term can be on (``loss.cde_scale``): the metric is always density.
+CDE_SCALES = ("density", "paper")
 
 
 def _edges(edges: torch.Tensor | Sequence[float], like: torch.Tensor) -> torch.Tensor:
@@ -188,6 +194,61 @@ def cde_loss(
     return ((f**2 * dz).sum(dim=1) - 2.0 * f_true).mean()
 
 
+def cde_loss_paper(
+    p: torch.Tensor,
+    zs: torch.Tensor,
+    edges: torch.Tensor | Sequence[float],
+    target_sigma: float = 0.0,
+) -> torch.Tensor:
+    """P_cde on the paper's scale: the mean over batch *and bins* of ``p_c^2 - 2 p_c t_c``.
+
+    That is ``(sum_c p_c^2 - 2 p_{c(zs)}) / C`` per galaxy, in probability units, with ``t``
+    the one-hot bin holding zs (or ``gaussian_targets`` when ``target_sigma > 0``, as in
+    ``cde_loss``). On C equal bins of width dz it is ``cde_loss * dz / C`` exactly (the same
+    minimiser, a constant factor: 1.23e-5 on 180 bins over [0, 0.4]); it is the normalisation
+    that puts a network of sigma_nmad near 0.012 at the paper's Table 1 values of about -8e-4
+    (README "The CDE term's scale": the candidates and their numbers).
+    """
+    e = _edges(edges, p)
+    if target_sigma > 0:
+        t = gaussian_targets(zs, e, target_sigma).to(p.dtype)  # (B, C)
+    else:
+        t = F.one_hot(bin_index(zs, e), p.shape[1]).to(p.dtype)  # (B, C)
+    return (p**2 - 2.0 * p * t).mean()
+
+
+def cde_term(
+    p: torch.Tensor,
+    zs: torch.Tensor,
+    edges: torch.Tensor | Sequence[float],
+    target_sigma: float = 0.0,
+    scale: str = "density",
+) -> torch.Tensor:
+    """The CDE training term on ``scale`` (``CDE_SCALES``): ``cde_loss`` or ``cde_loss_paper``."""
+    if scale == "density":
+        return cde_loss(p, zs, edges, target_sigma)
+    if scale == "paper":
+        return cde_loss_paper(p, zs, edges, target_sigma)
+    raise ValueError(f"cde_term: unknown scale {scale!r}; use one of {', '.join(CDE_SCALES)}")
+
+
+def cde_scale_factor(scale: str, edges: Sequence[float] | np.ndarray) -> float:
+    """What the CDE term on ``scale`` is, as a multiple of the density-unit term (equal bins).
+
+    1 for ``density``; ``mean(dz) / C`` for ``paper`` (exact on equal bins), so a weight
+    ``g_cde`` on that scale is the density-unit weight ``g_cde * cde_scale_factor``: the
+    paper's 0.1 is 1.23e-6 on 180 bins over [0, 0.4].
+    """
+    e = np.asarray(edges, dtype=float)
+    if scale == "density":
+        return 1.0
+    if scale == "paper":
+        return float(np.mean(np.diff(e)) / (len(e) - 1))
+    raise ValueError(
+        f"cde_scale_factor: unknown scale {scale!r}; use one of {', '.join(CDE_SCALES)}"
+    )
+
+
 def loss_terms(
     logits: torch.Tensor,
     zs: torch.Tensor,
@@ -197,6 +258,7 @@ def loss_terms(
     flux_table: torch.Tensor | None = None,
     logits_view: torch.Tensor | None = None,
     target_sigma: float = 0.0,
+    cde_scale: str = "density",
 ) -> dict[str, torch.Tensor]:
     """Every term of SPEC 2 for one batch: ce, l2, flux, cde, inv, each a scalar tensor.
 
@@ -216,6 +278,8 @@ def loss_terms(
             same galaxies (``invariance_loss``; gradients flow through both), or None.
         target_sigma: the Gaussian target width in redshift of the CE and CDE terms
             (``loss.target_sigma``; 0 = the bin holding zs).
+        cde_scale: the scale of the ``cde`` term (``loss.cde_scale``, ``cde_term``); the
+            metric ``cde_loss`` (study.metrics) is density whatever this is.
 
     Returns:
         ``{"ce", "l2", "flux", "cde", "inv"}``, in the order ``total_loss`` adds them (the
@@ -226,7 +290,7 @@ def loss_terms(
     nan = torch.full((), float("nan"), device=logits.device)
     terms = {"ce": cross_entropy(logits, zs, edges, target_sigma), "l2": l2_penalty(model)}
     terms["flux"] = flux_loss(p, flux_table) if flux_table is not None else nan
-    terms["cde"] = cde_loss(p, zs, edges, target_sigma)
+    terms["cde"] = cde_term(p, zs, edges, target_sigma, cde_scale)
     if logits_view is None:
         terms["inv"] = nan
     else:

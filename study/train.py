@@ -436,6 +436,7 @@ def train_step(
         flux_table=batch.flux_table,
         logits_view=logits_view,
         target_sigma=cfg.loss.target_sigma,
+        cde_scale=cfg.loss.cde_scale,
     )
     total = total_loss(terms, weights_of(cfg.loss))
     opt.zero_grad(set_to_none=True)

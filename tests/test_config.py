@@ -66,6 +66,23 @@ def test_groups():
         "inv_only": (True, 0, 0.1, 0),
         "cde_only": (True, 0, 0, 0.1),
     }
+    # the CDE term's scale (issue 13): the paper's for constrained and cde_only, so that their
+    # g_cde = 0.1 is the paper's effective weight; density (the field's default) elsewhere
+    scales = {g: make_config(p, g).loss.cde_scale for g in GROUPS for p in ("paper", "demo")}
+    assert scales == {g: "paper" if g in ("constrained", "cde_only") else "density" for g in GROUPS}
+    assert make_config("tiny", "custom").loss.cde_scale == "density"
+    # the density-scale experiment stays one override away
+    dens = make_config("demo", "constrained", overrides={"loss.cde_scale": "density"})
+    assert dens.loss.cde_scale == "density" and dens.loss.g_cde == 0.1
+    with pytest.raises(UserError, match=r"loss\.cde_scale='per_bin' is not one of density, paper"):
+        make_config("tiny", "constrained", overrides={"loss.cde_scale": "per_bin"})
+    # a resolved config.yaml from before the field (every loss field of its time, no
+    # cde_scale) trained on density and reads so; a partial file gets the group's scale
+    old = config_to_dict(make_config("demo", "constrained"))
+    del old["loss"]["cde_scale"]
+    assert config_from_dict(old).loss.cde_scale == "density"
+    partial = {"group": "constrained", "loss": {"g_cde": 0.3, "g_flux": 0.2}}
+    assert config_from_dict(partial).loss.cde_scale == "paper"
     # the group never changes the preset's other fields
     base, con = make_config("demo", "baseline"), make_config("demo", "constrained")
     assert (base.model, base.optim, base.data) == (con.model, con.optim, con.data)

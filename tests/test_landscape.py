@@ -12,6 +12,7 @@ from analysis.landscape import (
     TERMS,
     LandscapeBatch,
     load_batch,
+    loss_scale,
     loss_weights,
     normalize_filters_,
     photoz_evaluator,
@@ -127,10 +128,13 @@ def test_landscape_origin_is_the_trainers_loss_term_by_term(tmp_path):
     train(tiny(data, "constrained"), tmp_path / "run")
     config, model = load_trained_model(tmp_path / "run")
     batch = load_batch(config, tmp_path / "run", n_galaxies=16, seed=5)
-    at0 = photoz_evaluator(batch, loss_weights(config), chunk=16)(model)
+    at0 = photoz_evaluator(batch, loss_weights(config), chunk=16, cde_scale=loss_scale(config))(
+        model
+    )
 
     cfg = apply_overrides(config_from_dict(config), {"loss.augment": False})
     assert cfg.loss.g_flux > 0 and cfg.loss.g_inv > 0 and cfg.loss.g_cde > 0
+    assert cfg.loss.cde_scale == "paper"  # the group's (issue 13): the evaluator must follow it
     trainer_batch = Batch(batch.images, batch.ebv, batch.zs, batch.flux_table)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the values are those before the step
     model.eval()

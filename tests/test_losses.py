@@ -13,6 +13,8 @@ from study.augment import random_d4
 from study.losses import (
     bin_index,
     cde_loss,
+    cde_loss_paper,
+    cde_scale_factor,
     cross_entropy,
     flux_loss,
     flux_loss_reference,
@@ -49,6 +51,44 @@ def test_cde_loss_hand_computation():
     # galaxy 1: f = (2, 5, 1.5); sum f^2 dz = 0.4 + 2.5 + 0.45 = 3.35; f(zs) = 5 -> -6.65
     # galaxy 2: f = (10, 0, 0); sum = 10; f(zs) = 0 -> 10
     assert cde_loss(p, zs, edges).item() == pytest.approx((-6.65 + 10.0) / 2, rel=1e-12)
+
+
+def test_cde_loss_paper_hand_computation():
+    """The paper's scale: mean over batch and bins of p^2 - 2 p t (README "The CDE term's scale")."""
+    edges = torch.tensor([0.0, 0.1, 0.2, 0.3], dtype=torch.float64)  # C = 3
+    p = torch.tensor([[0.2, 0.5, 0.3], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    zs = torch.tensor([0.15, 0.25], dtype=torch.float64)
+    # galaxy 1: (0.04 + 0.25 + 0.09 - 2 * 0.5) / 3 = -0.62 / 3; galaxy 2: (1 - 0) / 3
+    want = (-0.62 / 3 + 1.0 / 3) / 2
+    assert cde_loss_paper(p, zs, edges).item() == pytest.approx(want, rel=1e-12)
+    # on equal bins, dz / C times the density-unit loss (dz = 0.1, C = 3)
+    assert cde_scale_factor("paper", edges.numpy()) == pytest.approx(0.1 / 3, rel=1e-12)
+    assert cde_loss_paper(p, zs, edges).item() == pytest.approx(
+        cde_loss(p, zs, edges).item() * 0.1 / 3, rel=1e-12
+    )
+    assert cde_scale_factor("density", edges.numpy()) == 1.0
+    # the paper's 180 bins over [0, 0.4]: 0.4 / 180^2, so the paper's g_cde = 0.1 is 1.23e-6
+    assert cde_scale_factor("paper", EDGES.numpy()) == pytest.approx(0.4 / 180**2, rel=1e-12)
+    with pytest.raises(ValueError, match="unknown scale"):
+        cde_scale_factor("per_bin", edges.numpy())
+
+
+def test_cde_loss_paper_gaussian_target_is_the_density_one_rescaled():
+    g = torch.Generator().manual_seed(1)
+    p = torch.softmax(3 * torch.randn(6, 180, generator=g, dtype=torch.float64), 1)
+    zs = torch.rand(6, generator=g, dtype=torch.float64) * 0.4
+    # the expectation of p_c(zs) under N(zs, 0.01^2) over the bins, computed here with scipy
+    from scipy.special import ndtr
+
+    e = EDGES.numpy()
+    q = np.diff(ndtr((e[None, :] - zs.numpy()[:, None]) / 0.01), axis=1)
+    q /= q.sum(axis=1, keepdims=True)
+    pn = p.numpy()
+    want = np.mean(((pn**2).sum(1) - 2 * (q * pn).sum(1)) / 180)
+    got = cde_loss_paper(p, zs, EDGES, target_sigma=0.01).item()
+    assert got == pytest.approx(want, rel=1e-6)  # the targets are float32
+    dens = cde_loss(p, zs, EDGES, target_sigma=0.01).item()
+    assert got == pytest.approx(dens * cde_scale_factor("paper", e), rel=1e-6)
 
 
 def test_invariance_loss_hand_computation():
@@ -98,6 +138,9 @@ def test_loss_terms_are_the_single_terms_and_nan_where_not_computable():
     torch.testing.assert_close(t["flux"], flux_loss(p, table))
     torch.testing.assert_close(t["inv"], invariance_loss(p, pv))
     torch.testing.assert_close(t["cde"], cde_loss(p, zs, edges))
+    paper = loss_terms(logits, zs, edges, model, cde_scale="paper")
+    torch.testing.assert_close(paper["cde"], cde_loss_paper(p, zs, edges))
+    assert all(torch.equal(paper[k], t[k]) for k in ("ce", "l2"))  # only the CDE term moves
     bare = loss_terms(logits, zs, edges, model)  # no flux table, no second view
     assert torch.isnan(bare["flux"]) and torch.isnan(bare["inv"])
     weights = {"ce": 1.0, "l2": 1e-6, "flux": 0.0, "inv": 0.0, "cde": 0.1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import h5py
 import pandas as pd
 import pytest
+import yaml
 from _fake_study import make_fake_study
 
 from analysis import report
@@ -155,6 +157,39 @@ def test_report_on_fake_search_has_optuna_figures(tmp_path):
     assert (
         'plotly-graph-div" style="height:100%; width:100%;"' in slice_plot[:2000]
     )  # not 300 px/param
+    # every row's CDE training scale (issue 13), on the page and in report.json / the CSV
+    rows = {
+        r["label"]: r
+        for r in json.loads((study / "report" / "report.json").read_text())["cde_training"]
+    }
+    assert set(rows) == set(pd.read_csv(study / "report" / "summary.csv")["label"])
+    assert rows["constrained"]["cde_scale"] == "paper"  # the group's own scale
+    assert rows["constrained"]["g_cde_density"] == 0.0  # the fake study switches its term off
+    assert "<b>constrained</b>: no CDE term (paper)" in page
+    for cid in best:
+        r = rows[cid]
+        assert r["cde_scale"] == "density" and r["g_cde_density"] == pytest.approx(r["g_cde"])
+        assert f"<b>search {cid}</b>: density, g_cde {r['g_cde']:.3g}" in page
+    assert pd.read_csv(study / "report" / "cde_training.csv").shape[0] == len(rows)
+
+
+def test_cde_training_converts_the_paper_scale_to_density_units(tmp_path):
+    """g_cde = 0.1 on the paper's scale is 0.1 * dz / C in density units (hand value, 40 bins)."""
+    study_dir = make_fake_study(tmp_path / "abl", groups=("baseline", "constrained"), seeds=(0, 1))
+    for seed in (0, 1):
+        path = study_dir / "runs" / f"constrained-s{seed}" / "config.yaml"
+        cfg = yaml.safe_load(path.read_text())
+        cfg["loss"]["g_cde"] = 0.1
+        if seed == 1:
+            del cfg["loss"]["cde_scale"]  # a run from before the field: read as density
+        path.write_text(yaml.safe_dump(cfg))
+    study = load_study(study_dir)
+    table = report.cde_training(study, report.table_frame(study, best=3)).set_index("label")
+    assert table.loc["baseline", "cde_scale"] == "density"
+    assert table.loc["constrained", "cde_scale"] == "paper/density"  # mixed runs: both named
+    dz_over_c = (0.4 / 40) / 40
+    want = (0.1 * dz_over_c + 0.1) / 2  # seed 0 on the paper's scale, seed 1 on density
+    assert table.loc["constrained", "g_cde_density"] == pytest.approx(want, rel=1e-12)
 
 
 def test_not_a_study_is_one_line_error(tmp_path, capsys):
@@ -224,6 +259,13 @@ def test_report_on_real_tiny_study(tiny_study, monkeypatch):
     land = pd.read_csv(tiny_study / "report" / "landscape.csv")
     assert set(land["label"]) == {"baseline", "baseline_aug", "constrained"}
     assert land["curvature"].notna().all()
+    # a real ablation's CDE training scales (issue 13): the paper's for constrained, whose
+    # g_cde = 0.1 is 0.1 * dz / C in density units (tiny preset: 180 bins over [0, 0.4])
+    rows = json.loads((tiny_study / "report" / "report.json").read_text())["cde_training"]
+    scale = {r["label"]: (r["cde_scale"], r["g_cde_density"]) for r in rows}
+    assert scale["baseline"] == ("density", 0.0) and scale["baseline_aug"] == ("density", 0.0)
+    assert scale["constrained"][0] == "paper"
+    assert scale["constrained"][1] == pytest.approx(0.1 * 0.4 / 180**2, rel=1e-9)
 
 
 def test_png_export_falls_back_gracefully(tmp_path, monkeypatch):

@@ -26,15 +26,18 @@ def test_gamma_file():
     ]
     assert space.multi_objective and (space.metric, space.mode) == ("val_sigma_nmad", "min")
     assert space.seeds == [0, 1, 2, 3, 4] and space.num_samples == 40
-    for name in ("g_flux", "g_inv", "g_cde"):
+    # g_cde's range reaches down to the paper's effective weight in density units, 0.1 * dz / C
+    # = 1.23e-6 (issue 13); the other two weights keep [1e-3, 1]
+    for name, low in (("g_flux", 1e-3), ("g_inv", 1e-3), ("g_cde", 1e-7)):
         p = space.parameters[name]
         assert (p.role, p.distribution, p.low, p.high, p.or_zero) == (
             "scientific",
             "log_uniform",
-            1e-3,
+            low,
             1.0,
             True,
         )
+    assert space.parameters["g_cde"].low < 0.1 * 0.4 / 180**2 < space.parameters["g_cde"].high
     assert space.parameters["lr"].role == "nuisance"
     assert space.parameters["lr"].distribution == "log_uniform"
     assert space.fixed == {"loss.g_l2": 1e-6}
@@ -263,9 +266,9 @@ def test_define_by_run_reference_points_then_conditional_samples():
     assert [ss.label(space, v) for v in values[:3]] == ["baseline_aug", "constrained", "search"]
     zeros = 0
     for v in values[2:]:
-        for name in ("g_flux", "g_inv", "g_cde"):
+        for name, low in (("g_flux", 1e-3), ("g_inv", 1e-3), ("g_cde", 1e-7)):
             zeros += v[name] == 0.0
-            assert v[name] == 0.0 or 1e-3 <= v[name] <= 1.0
+            assert v[name] == 0.0 or low <= v[name] <= 1.0
         assert 1e-4 <= v["lr"] <= 3e-3 and math.isfinite(v["lr"])
     assert 0 < zeros < 3 * 28  # both branches of the "or 0" switch are drawn
     # reproducible by sampler seed: same seed same draws, another seed other draws
