@@ -52,6 +52,7 @@ from analysis.table import (
 )
 from analysis.verdict import StudyPeers, headline, study_verdict, verdict_rows
 from study.errors import UserError
+from study.halving import LEDGER, trial_epochs
 from study.machine import pick_device
 
 KEY_METRICS = ("sigma_nmad", "bias", "outlier_frac", "cde_loss", "ks", "coverage_68")
@@ -137,6 +138,8 @@ def build_report(
     seconds = time.perf_counter() - t0
     (out / "report.html").write_text(render_page(study, tables, figs, seconds))
     summary = {"seconds": seconds, "timings": figs.timings, "figures": [n for n, _ in figs.figures]}
+    if (line := halving_line(study)) is not None:
+        summary["halving"] = line
     (out / "report.json").write_text(json.dumps(summary, indent=1))
     return out / "report.html"
 
@@ -492,7 +495,24 @@ def _runs(study: Study) -> dict[str, Any]:
         "kind": "ablation" if study.by == "group" else "search",
         "devices": sorted(set(map(str, f.get("device", pd.Series(["?"]))))),
         "git_commit": str(prov.get("git_commit", "?")),
+        "halving": halving_line(study),
     }
+
+
+def halving_line(study: Study) -> str | None:
+    """A paired-halving study's cost: trial-epochs run against the unpruned study's, or None."""
+    if not (study.path / LEDGER).is_file():
+        return None
+    stopped = study.stopped
+    ran, unpruned = trial_epochs(pd.concat([study.frame, stopped], ignore_index=True))
+    n_stopped = int(stopped["config_id"].nunique()) if len(stopped) else 0
+    n_all = int(study.frame["config_id"].nunique()) + n_stopped
+    rungs = ", ".join(str(int(r)) for r in sorted(set(stopped["epochs"]))) if n_stopped else "-"
+    return (
+        f"Paired early stopping: {ran} trial-epochs run of the {unpruned} an unpruned study "
+        f"would run ({ran / unpruned:.0%}); {n_stopped} of {n_all} configurations stopped, "
+        f"all seeds together, at epoch(s) {rungs} (in frame.parquet, in no table)."
+    )
 
 
 def _excludes_zero(r: pd.Series) -> bool:
