@@ -173,6 +173,28 @@ def test_cost_hours_by_hand(tmp_path, capsys):
     assert cost.main(["--step", str(tmp_path / "missing.json")]) == 2
 
 
+def test_cost_with_a_pruned_study(tmp_path, capsys):
+    """--pruned: the study column times the trial-epoch fraction of that study's frame."""
+    import pandas as pd
+
+    from benchmarks import cost
+
+    study = tmp_path / "pruned"
+    study.mkdir()
+    # 3 configurations x 2 seeds of 10 epochs unpruned = 60; ran 10+10+10+10+1+1 = 42
+    frame = pd.DataFrame({"epochs": [10, 10, 10, 10, 1, 1], "stopped": [False] * 4 + [True] * 2})
+    frame.to_parquet(study / "frame.parquet")
+    assert cost.pruned_fraction(study) == pytest.approx(42 / 60)
+    assert cost.main(["--pruned", str(study), "--json", str(tmp_path / "rows.json")]) == 0
+    text = capsys.readouterr().out
+    paper = 200 * 24.5  # the paper's row: 40 x 5 constrained trials of 24.5 h
+    assert "paired halving, 70% of the trial-epochs (h)" in text.splitlines()[0]
+    assert f"| {paper:,.0f} | {paper / 40:,.1f}x | {paper * 0.7:,.0f} |" in text
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert rows[0]["paired_halving_study_h"] == pytest.approx(paper * 0.7)
+    assert cost.main(["--pruned", str(tmp_path / "nothing")]) == 2
+
+
 def test_step_under_bf16_autocast_and_channels_last_on_cpu():
     # The CUDA settings (bf16 autocast, NHWC) exercised on the CPU: the step's losses take
     # bf16 logits, the augmentation keeps the layout, and the terms stay near float32's.
