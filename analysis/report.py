@@ -504,7 +504,8 @@ def halving_line(study: Study) -> str | None:
     if not (study.path / LEDGER).is_file():
         return None
     stopped = study.stopped
-    ran, unpruned = trial_epochs(pd.concat([study.frame, stopped], ignore_index=True))
+    both = [study.frame.assign(stopped=False), stopped.assign(stopped=True)]
+    ran, unpruned = trial_epochs(pd.concat(both, ignore_index=True))
     n_stopped = int(stopped["config_id"].nunique()) if len(stopped) else 0
     n_all = int(study.frame["config_id"].nunique()) + n_stopped
     rungs = ", ".join(str(int(r)) for r in sorted(set(stopped["epochs"]))) if n_stopped else "-"

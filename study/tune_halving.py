@@ -60,9 +60,9 @@ class PairedHalvingScheduler(FIFOScheduler):
         # Tune requeues a restored PAUSED trial as PENDING; one waiting at a rung, or of a
         # configuration already stopped, must not start: hold it PAUSED (add_trial files the
         # trial under its status after this hook)
-        if trial.status != Trial.PENDING:
+        cid, seed, label = self.key(trial)
+        if trial.status != Trial.PENDING or label != "search":  # a reference point never waits
             return
-        cid, seed, _ = self.key(trial)
         waiting = self.ledger.waiting_rung(cid, seed) is not None
         if waiting or self.ledger.stopped_at(cid) is not None:
             trial.set_status(Trial.PAUSED)
@@ -100,7 +100,9 @@ class PairedHalvingScheduler(FIFOScheduler):
     def choose_trial_to_run(self, tune_controller: Any) -> Any:
         trials = tune_controller.get_trials()
         for trial in [t for t in trials if t.status == Trial.PAUSED]:
-            cid, seed, _ = self.key(trial)
+            cid, seed, label = self.key(trial)
+            if label != "search":  # paused by Tune itself, never by this scheduler
+                return trial
             if self.ledger.stopped_at(cid) is not None:  # a sibling paused while being stopped
                 tune_controller.stop_trial(trial)
             elif any(t.status == Trial.ERROR and self.key(t)[0] == cid for t in trials):

@@ -33,8 +33,10 @@ def _on_node(pid: int, node: Any) -> bool:
     return any(p.pid == pid for p in raylet.children(recursive=True))
 
 
-def _running_on(node: Any, study_dir: Path) -> tuple[Any, dict] | None:
-    """A trial running on ``node`` that has a checkpoint in Tune's snapshot and has not finished."""
+def _running_on(node: Any, study_dir: Path, rungs: list[int]) -> tuple[Any, dict] | None:
+    """A trial training on ``node``: its worker is a child of the node's raylet, Tune's snapshot
+    holds a checkpoint of it, and its last epoch is neither the last one nor a rung (where a
+    paired-halving trial may be paused, its actor idle)."""
     from ray.tune import ExperimentAnalysis
 
     experiment = study_dir / "ray" / st.EXPERIMENT
@@ -46,28 +48,30 @@ def _running_on(node: Any, study_dir: Path) -> tuple[Any, dict] | None:
         return None
     for trial in trials:
         last = trial.last_result or {}
-        if trial.checkpoint is None or trial.status != "RUNNING" or "pid" not in last:
+        if trial.checkpoint is None or "pid" not in last or not 1 <= last["epoch"] < EPOCHS:
             continue
         run = study_dir / "runs" / st.run_name(last["config_id"], last["seed"])
-        if not (run / "metrics.json").exists() and _on_node(int(last["pid"]), node):
+        if last["epoch"] in rungs or (run / "metrics.json").exists():
+            continue
+        if psutil.pid_exists(int(last["pid"])) and _on_node(int(last["pid"]), node):
             return trial, {**last, "run": run.name}
     return None
 
 
 def remove_node_under_a_trial(
-    cluster: Any, node: Any, study_dir: Path, record: dict, stop: threading.Event
+    cluster: Any, node: Any, study_dir: Path, rungs: list[int], record: dict, stop: threading.Event
 ) -> None:
-    """Remove ``node`` without grace (its raylet and workers are killed) under a running trial."""
+    """Remove ``node`` without grace (its raylet and workers are killed) under a training trial."""
     deadline = time.monotonic() + KILL_TIMEOUT_S
     try:
         while not stop.wait(0.2) and time.monotonic() < deadline:
-            found = _running_on(node, study_dir)
+            found = _running_on(node, study_dir, rungs)
             if found is not None:
                 trial, last = found
                 cluster.remove_node(node, allow_graceful=False)
                 record.update(trial_id=trial.trial_id, epoch=last["epoch"], run=last["run"])
                 return
-        record["error"] = "no trial with a checkpoint ran on the worker node"
+        record["error"] = "no trial trained on the worker node with a checkpoint in Tune's snapshot"
     except Exception as exc:  # reported by the test
         record["error"] = f"{type(exc).__name__}: {exc}"
 
@@ -90,13 +94,20 @@ def test_study_survives_losing_a_node(tmp_path, cluster, mode):
     data = tiny_file(tmp_path / "tiny.h5")
     out = tmp_path / "study"
     if mode == "unpruned":
-        argv, n_configs = ["--search", "demo", "--preset", "tiny", "--num-samples", "3"], 3
+        argv, n_configs, rungs = (
+            ["--search", "demo", "--preset", "tiny", "--num-samples", "3"],
+            3,
+            [],
+        )
     else:
-        argv, n_configs = ["--search", str(halving_space(tmp_path / "h.yaml", 4, [1]))], 4
+        rungs = [1]
+        argv, n_configs = ["--search", str(halving_space(tmp_path / "h.yaml", 4, rungs))], 4
     argv += ["--seeds", str(K), "--epochs", str(EPOCHS), "--data", str(data), "--out", str(out)]
     record: dict = {}
     stop = threading.Event()
-    killer = threading.Thread(target=remove_node_under_a_trial, args=(c, worker, out, record, stop))
+    killer = threading.Thread(
+        target=remove_node_under_a_trial, args=(c, worker, out, rungs, record, stop)
+    )
     killer.start()
     try:
         rc = main([*argv, "--address", c.address])

@@ -317,3 +317,22 @@ def test_killed_driver_resumes_with_the_same_decisions(tmp_path, data_file):
     assert len(done) == 5  # (a trial asked just before the kill may be left as FAIL)
     n_pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in done)
     assert n_pruned == frame[frame.stopped].config_id.nunique()
+
+
+def test_report_states_the_saving_and_shows_no_stopped_configuration(study):
+    from analysis import report
+
+    args = [str(study), "--no-png", "--no-landscape", "--no-augment", "--peers", "none"]
+    assert report.main(args) == 0
+    frame = pd.read_parquet(study / "frame.parquet")
+    ran, n_stopped = int(frame.epochs.sum()), frame[frame.stopped].config_id.nunique()
+    line = (
+        f"Paired early stopping: {ran} trial-epochs run of the {5 * K * EPOCHS} an unpruned "
+        f"study would run ({ran / (5 * K * EPOCHS):.0%}); {n_stopped} of 5 configurations stopped"
+    )
+    assert line in (study / "report" / "report.html").read_text()
+    assert json.loads((study / "report" / "report.json").read_text())["halving"].startswith(line)
+    table1 = (study / "report" / "table1.md").read_text()
+    for cid in frame.config_id[frame.stopped]:
+        assert cid not in table1
+    assert any(cid in table1 for cid in frame.config_id[(frame.group == "search") & ~frame.stopped])
