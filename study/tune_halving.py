@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from optuna.exceptions import UpdateFinishedTrialError
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Repeater
@@ -142,8 +143,13 @@ class PairedRepeater(Repeater):
         config = {**group.config, "study": self.constants, "__trial_index__": 0}
         cid = _identity(config)[0]
         ledger = Ledger.load(self.constants["study_dir"])
-        for rung, mean in ledger.intermediate(cid):
-            self.searcher.on_trial_result(primary, {metric: mean, "training_iteration": rung})
+        try:
+            for rung, mean in ledger.intermediate(cid):
+                self.searcher.on_trial_result(primary, {metric: mean, "training_iteration": rung})
+        except UpdateFinishedTrialError:
+            # told before a killed driver's last Tune snapshot caught up: the journal holds it.
+            # (Raising here would leave a paused trial that Tune is stopping paused for ever.)
+            return
         if ledger.stopped_at(cid) is not None:  # OptunaSearch tells PRUNED when given no value
             self.searcher.on_trial_complete(primary, result=None, error=error)
         else:
