@@ -54,6 +54,7 @@ from analysis.table import (
 from analysis.verdict import StudyPeers, headline, study_verdict, verdict_rows
 from study.config import config_from_dict
 from study.errors import UserError
+from study.halving import LEDGER, trial_epochs
 from study.losses import cde_scale_factor
 from study.machine import pick_device
 
@@ -150,6 +151,8 @@ def build_report(
         "figures": [n for n, _ in figs.figures],
         "cde_training": tables.cde_training.to_dict(orient="records"),
     }
+    if (line := halving_line(study)) is not None:
+        summary["halving"] = line
     (out / "report.json").write_text(json.dumps(summary, indent=1))
     return out / "report.html"
 
@@ -590,7 +593,25 @@ def _runs(study: Study) -> dict[str, Any]:
         "kind": "ablation" if study.by == "group" else "search",
         "devices": sorted(set(map(str, f.get("device", pd.Series(["?"]))))),
         "git_commit": str(prov.get("git_commit", "?")),
+        "halving": halving_line(study),
     }
+
+
+def halving_line(study: Study) -> str | None:
+    """A paired-halving study's cost: trial-epochs run against the unpruned study's, or None."""
+    if not (study.path / LEDGER).is_file():
+        return None
+    stopped = study.stopped
+    both = [study.frame.assign(stopped=False), stopped.assign(stopped=True)]
+    ran, unpruned = trial_epochs(pd.concat(both, ignore_index=True))
+    n_stopped = int(stopped["config_id"].nunique()) if len(stopped) else 0
+    n_all = int(study.frame["config_id"].nunique()) + n_stopped
+    rungs = ", ".join(str(int(r)) for r in sorted(set(stopped["epochs"]))) if n_stopped else "-"
+    return (
+        f"Paired early stopping: {ran} trial-epochs run of the {unpruned} an unpruned study "
+        f"would run ({ran / unpruned:.0%}); {n_stopped} of {n_all} configurations stopped, "
+        f"all seeds together, at epoch(s) {rungs} (in frame.parquet, in no table)."
+    )
 
 
 def _excludes_zero(r: pd.Series) -> bool:

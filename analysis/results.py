@@ -286,7 +286,10 @@ class Study:
     """A study directory; ``frame`` is read at load, the rest on first use."""
 
     path: Path
-    frame: pd.DataFrame
+    frame: pd.DataFrame  # the finished runs (what every table and figure is made of)
+    # paired halving: the rows of configurations stopped at a rung (their validation metrics
+    # at that epoch, no test metrics); empty for an unpruned study
+    stopped: pd.DataFrame = field(default_factory=pd.DataFrame)
     _predictions: dict[str, Predictions] = field(default_factory=dict, repr=False)
 
     @cached_property
@@ -363,4 +366,9 @@ def load_study(study_dir: str | Path) -> Study:
     path = Path(study_dir)
     if not path.is_dir():
         raise UserError(f"{path}: no such study directory; {_FIX}")
-    return Study(path=path, frame=load_frame(path))
+    frame = load_frame(path)
+    if "stopped" not in frame:
+        return Study(path=path, frame=frame)
+    stopped = frame["stopped"].astype(bool)
+    finished = frame[~stopped].drop(columns="stopped").reset_index(drop=True)
+    return Study(path=path, frame=finished, stopped=frame[stopped].reset_index(drop=True))

@@ -84,13 +84,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def new_settings(args: argparse.Namespace) -> tuple[dict[str, Any], ss.SearchSpace]:
     """Validate a new study's flags and search space (no Ray yet)."""
-    from study.config import PRESETS
+    from study.config import PRESETS, make_config
 
     space = ss.load(args.search).with_overrides(args.seeds, args.num_samples)
     preset = args.preset or space.preset or "paper"
     if preset not in PRESETS:
         raise UserError(f"--preset {preset}: unknown; use one of {', '.join(PRESETS)}")
     space.preset = preset  # the resolved space records the preset the study ran
+    if space.scheduler is not None:
+        epochs = args.epochs or make_config(preset, space.base_group).optim.epochs
+        if space.scheduler.rungs[-1] >= epochs:
+            raise UserError(
+                f"{space.path}: scheduler.rungs: {list(space.scheduler.rungs)} must end below "
+                f"the {epochs} epochs of a run (preset {preset}); drop the rungs >= {epochs}"
+            )
     out = Path(args.out or f"studies/{space.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     refuse_nonempty_dir(out, f"choose a new directory or --resume {out}")
     if args.data and not Path(args.data).is_file():

@@ -30,6 +30,8 @@ import yaml
 
 from study.config import GROUPS  # the six groups of SPEC 4
 from study.errors import UserError
+from study.halving import Halving
+from study.halving import parse as parse_halving
 from study.metrics import METRIC_NAMES
 
 # The metrics a search may optimise: an objective is val_<one of these> (SPEC 3, not the s.e.).
@@ -66,6 +68,7 @@ _TOP_KEYS = {
     "sampler",
     "reference_points",
     "parameters",
+    "scheduler",
 }
 _PARAM_KEYS = {"role", "distribution", "low", "high", "or_zero", "choices", "value", "description"}
 
@@ -117,6 +120,7 @@ class SearchSpace:
     reference_points: list[dict[str, Any]] = field(default_factory=list)
     parameters: dict[str, Param] = field(default_factory=dict)
     description: str = ""
+    scheduler: Halving | None = None  # paired early stopping (study.halving); None: off
 
     @property
     def metric(self) -> str:
@@ -203,6 +207,8 @@ class SearchSpace:
                 sampler=sampler,
                 reference_points=copy.deepcopy(self.reference_points),
             )
+            if self.scheduler is not None:
+                out["scheduler"] = self.scheduler.to_dict()
         return out
 
     def _objectives_dict(self) -> dict[str, Any]:
@@ -263,6 +269,12 @@ def parse(raw: Any, path: str = "<search space>") -> SearchSpace:
         _grid(raw, space, fail)
     else:
         _optuna(raw, space, fail)
+    if raw.get("scheduler") is not None:
+        if kind == "grid":
+            raise fail("scheduler", "only for kind: optuna (a grid runs every group); remove it")
+        if space.multi_objective:  # a rung ranks configurations on one seed mean
+            raise fail("scheduler", "paired_halving judges one objective; use objective: (one)")
+        space.scheduler = parse_halving(raw["scheduler"], fail)
     return space
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import pandas as pd
 
+from study import halving
 from study import search_space as ss
 from study.files import atomic_write, atomic_write_text
 from study.metrics import METRIC_NAMES
@@ -62,10 +63,8 @@ def run_name(cid: str, seed: int) -> str:
 # ---- the trainable -----------------------------------------------------------------------
 
 
-def trial_plan(config: dict[str, Any]) -> dict[str, Any]:
-    """What one trial runs: label, seed, config id, resolved ``study.config.Config``, run dir."""
-    from study.config import make_config
-
+def _identity(config: dict[str, Any]) -> tuple[str, int, str, str, dict[str, Any]]:
+    """(label, seed, config id, base group, overrides) of a trial config."""
     st = config["study"]
     space = ss.parse(st["space"], st["space_path"])
     if space.kind == "grid":
@@ -77,7 +76,21 @@ def trial_plan(config: dict[str, Any]) -> dict[str, Any]:
         label = ss.label(space, values)
         make_group = label if label in ss.GROUPS else space.base_group
     overrides = {**space.fixed, **{ss.PARAM_KEYS.get(k, k): v for k, v in values.items()}}
-    cid = config_id(make_group, overrides)
+    return label, seed, config_id(make_group, overrides), make_group, overrides
+
+
+def trial_key(config: dict[str, Any]) -> tuple[str, int, str]:
+    """(config id, seed, label) of a trial config: what paired halving groups trials by."""
+    label, seed, cid, _, _ = _identity(config)
+    return cid, seed, label
+
+
+def trial_plan(config: dict[str, Any]) -> dict[str, Any]:
+    """What one trial runs: label, seed, config id, resolved ``study.config.Config``, run dir."""
+    from study.config import make_config
+
+    st = config["study"]
+    label, seed, cid, make_group, overrides = _identity(config)
     if st.get("epochs"):
         overrides["optim.epochs"] = int(st["epochs"])
     overrides["run.progress"] = False  # the driver's trial table is the progress display
@@ -187,7 +200,9 @@ def experiment_path(settings: dict[str, Any]) -> str:
     )
 
 
-def _searcher(space: SearchSpace, study_dir: Path) -> Any:
+def _searcher(space: SearchSpace, study_dir: Path, constants: dict[str, Any] | None = None) -> Any:
+    """OptunaSearch behind the repeater that pairs the seeds (``constants``: the trainable's,
+    needed only by paired halving's repeater)."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     from ray.tune.search import Repeater
@@ -203,6 +218,12 @@ def _searcher(space: SearchSpace, study_dir: Path) -> Any:
         study_name=OPTUNA_STUDY,
         storage=storage,
     )
+    if space.scheduler is not None:  # paired halving: rung means and PRUNED trials for Optuna
+        from study.tune_halving import PairedRepeater
+
+        if constants is None:
+            raise ValueError("paired halving's repeater needs the trainable's constants")
+        return PairedRepeater(optuna_search, len(space.seeds), constants["study"])
     if space.multi_objective:
         return _multi_objective_repeater(space, optuna_search, storage)
     return Repeater(optuna_search, repeat=len(space.seeds), set_index=True)
@@ -245,6 +266,17 @@ def _multi_objective_repeater(space: SearchSpace, optuna_search: Any, storage: A
             [o.metric for o in space.objectives]
         )
     return SeedMeanRepeater(optuna_search, repeat=len(space.seeds), set_index=True)
+
+
+def _scheduler(space: SearchSpace, study_dir: Path) -> Any:
+    """The study's Tune scheduler: None (FIFO) unless the space asks for paired halving."""
+    if space.scheduler is None:
+        return None
+    from study.tune_halving import PairedHalvingScheduler
+
+    return PairedHalvingScheduler(
+        str(study_dir), space.scheduler, space.metric, space.mode, len(space.seeds)
+    )
 
 
 def _reporter(space: SearchSpace) -> Any:
@@ -310,7 +342,8 @@ def make_tuner(settings: dict[str, Any], space: SearchSpace) -> Any:
     else:
         param_space = constants
         tune_config = tune.TuneConfig(
-            search_alg=_searcher(space, study_dir),
+            search_alg=_searcher(space, study_dir, constants),
+            scheduler=_scheduler(space, study_dir),
             num_samples=space.num_samples * len(space.seeds),  # trials = configurations x K
             reuse_actors=True,
             trial_dirname_creator=trial_dirname,
@@ -413,8 +446,47 @@ def build_frame(study_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             hist.insert(0, "config_id", cid)
             histories.append(hist)
     frame = pd.DataFrame(rows)
+    if (study_dir / halving.LEDGER).is_file():  # a paired-halving study: its stopped runs too
+        frame = _with_stopped_rows(frame, study_dir)
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
     return frame, history
+
+
+def _with_stopped_rows(frame: pd.DataFrame, study_dir: Path) -> pd.DataFrame:
+    """The frame plus one row per seed of each stopped configuration, ``stopped`` True.
+
+    A stopped row holds the validation metrics of its rung epoch (from the ledger), NaN test
+    metrics (a stopped run is never evaluated on the test split), ``epochs`` = the rung, and
+    ``train_seconds`` = Tune's ``time_total_s`` at that rung.
+    """
+    rows = []
+    for cid, seed, rung, result in halving.Ledger.load(study_dir).stopped_rows():
+        record = json.loads((study_dir / "configs" / f"{cid}.json").read_text())
+        row: dict[str, Any] = {
+            "config_id": cid,
+            "seed": seed,
+            "group": record["group"],
+            **{k: float(record[k]) for k in ("g_flux", "g_inv", "g_cde", "lr")},
+        }
+        for m in FRAME_METRICS:
+            if f"val_{m}" in result or m != "cde_loss_se":
+                row[f"val_{m}"] = float(result.get(f"val_{m}", math.nan))
+        for m in FRAME_METRICS:
+            if m != "cde_loss_se" or "test_cde_loss_se" in frame:
+                row[f"test_{m}"] = math.nan
+        row.update(
+            epochs=int(rung),
+            train_seconds=float(result.get("time_total_s") or math.nan),
+            device="",
+            run_dir=f"runs/{run_name(cid, seed)}",
+        )
+        rows.append(row)
+    done = frame.assign(stopped=False) if len(frame) else frame
+    stopped = pd.DataFrame(rows).assign(stopped=True) if rows else pd.DataFrame()
+    out = pd.concat([done, stopped], ignore_index=True) if rows else done
+    if len(out):
+        out["stopped"] = out["stopped"].astype(bool)
+    return out
 
 
 def write_results(study_dir: str | Path) -> pd.DataFrame:
@@ -434,6 +506,14 @@ def _mean_std(r: Any, long: bool = False) -> str:
 
 def summary(frame: pd.DataFrame, space: SearchSpace) -> str:
     """Each configuration's objective as mean +- std over its seeds (n stated), best first."""
+    if "stopped" in frame:  # paired halving: the stopped configurations, then the finished
+        stopped, frame = frame[frame.stopped], frame[~frame.stopped]
+        ran, unpruned = halving.trial_epochs(pd.concat([frame, stopped]))
+        head = (
+            f"paired halving: {stopped.config_id.nunique()} configurations stopped early "
+            f"(rungs {sorted(set(stopped.epochs))}); {ran} trial-epochs run of {unpruned} unpruned"
+        )
+        return head + "\n" + summary(frame.drop(columns="stopped"), space)
     if frame.empty:
         return "no finished runs"
     if space.multi_objective:

@@ -173,6 +173,28 @@ def test_cost_hours_by_hand(tmp_path, capsys):
     assert cost.main(["--step", str(tmp_path / "missing.json")]) == 2
 
 
+def test_cost_with_a_pruned_study(tmp_path, capsys):
+    """--pruned: the study column times the trial-epoch fraction of that study's frame."""
+    import pandas as pd
+
+    from benchmarks import cost
+
+    study = tmp_path / "pruned"
+    study.mkdir()
+    # 3 configurations x 2 seeds of 10 epochs unpruned = 60; ran 10+10+10+10+1+1 = 42
+    frame = pd.DataFrame({"epochs": [10, 10, 10, 10, 1, 1], "stopped": [False] * 4 + [True] * 2})
+    frame.to_parquet(study / "frame.parquet")
+    assert cost.pruned_fraction(study) == pytest.approx(42 / 60)
+    assert cost.main(["--pruned", str(study), "--json", str(tmp_path / "rows.json")]) == 0
+    text = capsys.readouterr().out
+    paper = 200 * 24.5  # the paper's row: 40 x 5 constrained trials of 24.5 h
+    assert "paired halving, 70% of the trial-epochs (h)" in text.splitlines()[0]
+    assert f"| {paper:,.0f} | {paper / 40:,.1f}x | {paper * 0.7:,.0f} |" in text
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert rows[0]["paired_halving_study_h"] == pytest.approx(paper * 0.7)
+    assert cost.main(["--pruned", str(tmp_path / "nothing")]) == 2
+
+
 def test_step_under_bf16_autocast_and_channels_last_on_cpu():
     # The CUDA settings (bf16 autocast, NHWC) exercised on the CPU: the step's losses take
     # bf16 logits, the augmentation keeps the layout, and the terms stay near float32's.
@@ -198,3 +220,39 @@ def test_step_under_bf16_autocast_and_channels_last_on_cpu():
         out.append(train_step(step_model, model, opt, batch, edges, gen, cfg))
     assert torch.isfinite(out[1]).all()
     torch.testing.assert_close(out[1], out[0], rtol=0.05, atol=0.05)
+
+
+def test_halving_comparison_by_hand(tmp_path, capsys):
+    """benchmarks.halving: best seed mean +- std of finished configurations, trial-epochs."""
+    import pandas as pd
+    import yaml
+
+    from benchmarks import halving as bench
+
+    def study(name: str, rows: list[tuple], stopped: bool):
+        d = tmp_path / name
+        d.mkdir()
+        space = {"objective": {"metric": "val_cde_loss", "mode": "min"}}
+        (d / "search_space.yaml").write_text(yaml.safe_dump(space))
+        cols = ["config_id", "seed", "val_cde_loss", "epochs", "stopped"]
+        frame = pd.DataFrame(rows, columns=cols)
+        frame = frame.assign(group="search", g_flux=0.0, g_inv=0.1, g_cde=0.0, lr=1e-3)
+        (frame if stopped else frame.drop(columns="stopped")).to_parquet(d / "frame.parquet")
+        return d
+
+    # unpruned: a = (1 + 3) / 2 = 2 (std sqrt(2)), b = 4, c = 5; 3 x 2 x 10 = 60 trial-epochs
+    full = [("a", 0, 1.0, 10, False), ("a", 1, 3.0, 10, False), ("b", 0, 4.0, 10, False)]
+    full += [("b", 1, 4.0, 10, False), ("c", 0, 5.0, 10, False), ("c", 1, 5.0, 10, False)]
+    # pruned: b stopped at epoch 1 (a better rung value than the final 2 of a: not finished)
+    pr = [("a", 0, 1.0, 10, False), ("a", 1, 3.0, 10, False), ("b", 0, 0.5, 1, True)]
+    pr += [("b", 1, 0.5, 1, True), ("c", 0, 5.0, 3, True), ("c", 1, 5.0, 3, True)]
+    p, u = study("p", pr, True), study("u", full, False)
+    assert bench.main([str(p), str(u), "--json", str(tmp_path / "h.json")]) == 0
+    out = json.loads((tmp_path / "h.json").read_text())
+    assert out["pruned"]["best"]["config_id"] == "a" and out["pruned"]["trial_epochs"] == 28
+    assert out["unpruned"]["trial_epochs"] == 60 and out["pruned"]["unpruned_trial_epochs"] == 60
+    assert out["unpruned"]["best"]["std"] == pytest.approx(2**0.5)
+    assert out["best_difference"] == 0 and out["within_one_std"] and out["at_most_half"]
+    assert out["trial_epoch_fraction"] == pytest.approx(28 / 60)
+    assert "47% of the unpruned study's (at most half)" in capsys.readouterr().out
+    assert bench.main([str(p), str(tmp_path / "none")]) == 2
