@@ -91,6 +91,15 @@ class LossConfig:
 
 
 @dataclass
+class AugmentConfig:
+    # which pixels background resampling redraws (with loss.augment or g_inv > 0):
+    # "threshold" = those below the band's sigma-clipped mean + 1 std, every source kept,
+    # neighbours too (the paper's); "segmentation" = every pixel outside the central source's
+    # segment (the file's source_mask: `python -m study.data masks`), neighbours redrawn too
+    background: Literal["threshold", "segmentation"] = "threshold"
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-3  # Adam learning rate (paper Table 2)
     batch_size: int = 128  # galaxies per step (paper)
@@ -132,11 +141,12 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)  # which galaxies
     model: ModelConfig = field(default_factory=ModelConfig)  # which network
     loss: LossConfig = field(default_factory=LossConfig)  # the objective (the group)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # what resampling redraws
     optim: OptimConfig = field(default_factory=OptimConfig)  # Adam + plateau schedule
     run: RunConfig = field(default_factory=RunConfig)  # seed, device, speed switches
 
 
-SECTIONS = ("data", "model", "loss", "optim", "run")
+SECTIONS = ("data", "model", "loss", "augment", "optim", "run")
 
 # Each preset: overrides of the defaults above (the defaults are the paper's Table 2).
 _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
