@@ -16,9 +16,11 @@ universe, ``convert``) or added to an existing file (``python -m study.data mask
    watershed; scikit-image) of the segment under the central pixel (32, 32) only: the neighbours'
    own segments need no splitting, and deblending every segment costs more.
 4. The central segment (the label at (32, 32) after deblending; none there: an empty mask, so the
-   whole cutout is redrawn) dilated by a disk of radius ``DILATE_PX`` (2 x the detection FWHM:
-   the PSF wings and the faint outskirts below the threshold), never into another segment's
-   pixels.
+   whole cutout is redrawn) dilated by a disk of radius ``DILATE_PX`` (the detection FWHM: the
+   PSF) + ``DILATE_SCALE`` x the segment's equivalent radius sqrt(area / pi) (the faint outskirts
+   below the threshold grow with the galaxy: de Vaucouleurs wings hold several per cent of the
+   light beyond any 1.5-sigma isophote), never into another segment's pixels: the neighbours'
+   own segments are always redrawn.
 
 Stored as ``source_mask`` uint8 (N, 64, 8): each row of 64 pixels packed into 8 bytes,
 ``np.packbits(mask, axis=-1)`` (big-endian bit order: pixel 0 is the top bit of byte 0). 512 bytes
@@ -47,6 +49,7 @@ from study.data.layout import (
     DETECT_FWHM_PX,
     DETECT_NSIGMA,
     DILATE_PX,
+    DILATE_SCALE,
     MASK,
     MASK_ATTRS,
     N_LEVELS,
@@ -94,21 +97,24 @@ def central_mask(image: np.ndarray) -> np.ndarray:
         )  # fmt: skip
     labels = segm.data
     central = labels == labels[c, c]
-    r = int(np.ceil(DILATE_PX))
+    radius = DILATE_PX + DILATE_SCALE * np.sqrt(central.sum() / np.pi)
+    r = int(np.ceil(radius))
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    grown = ndimage.binary_dilation(central, structure=xx**2 + yy**2 <= DILATE_PX**2)
+    grown = ndimage.binary_dilation(central, structure=xx**2 + yy**2 <= radius**2)
     return grown & (central | (labels == 0))
 
 
-def measure_masks(images: np.ndarray, progress: bool = False) -> np.ndarray:
+def measure_masks(images: np.ndarray, bar: tqdm | None = None) -> np.ndarray:
     """(n, 64, 64) bool central-source masks of (n, 5, 64, 64) cutouts (any float dtype).
 
     Each row depends on its own cutout alone (a file's masks are the same bits whatever the
-    chunking or the number of workers).
+    chunking or the number of workers). ``bar``: a tqdm bar advanced per cutout.
     """
     out = np.zeros((len(images), SIDE, SIDE), bool)
-    for i in tqdm(range(len(images)), unit="gal", desc="masks", disable=not progress):
+    for i in range(len(images)):
         out[i] = central_mask(np.asarray(images[i], np.float32))
+        if bar is not None:
+            bar.update(1)
     return out
 
 
@@ -177,8 +183,7 @@ def _fill(f: h5py.File, src: Path, progress: bool) -> None:
     bar = tqdm(total=n, unit="gal", desc=f"masks {src.name}", disable=not progress)
 
     def on_images(s: int, block: np.ndarray) -> None:
-        f[MASK][s : s + len(block)] = pack(measure_masks(block))
-        bar.update(len(block))
+        f[MASK][s : s + len(block)] = pack(measure_masks(block, bar))
 
     names = [k for k in (*CORE_DATASETS, *OPTIONAL_DATASETS) if k in f and k != MASK]
     names += [f"truth/{k}" for k in f["truth"]] if "truth" in f else []
