@@ -65,9 +65,12 @@ def test_central_segment_holds_the_galaxy_and_not_the_neighbour_centre() -> None
     assert (neighbour * keep).sum() < 0.1 * neighbour.sum()
 
 
-def test_no_source_at_the_centre_gives_an_empty_mask() -> None:
-    noise = np.random.default_rng(1).standard_normal((5, 64, 64)).astype(np.float32)
-    assert not masks.central_mask(noise).any()
+def test_a_source_away_from_the_centre_is_never_the_central_one() -> None:
+    image = np.random.default_rng(1).standard_normal((5, 64, 64)).astype(np.float32)
+    yy, xx = np.mgrid[:64, :64]
+    image += 50.0 * np.exp(-((xx - 10.0) ** 2 + (yy - 12.0) ** 2) / 8.0)[None]
+    keep = masks.central_mask(image)
+    assert not keep[8:17, 6:15].any()  # at most a noise peak at the centre, never that source
 
 
 def test_packed_bits_round_trip_as_numpy_packs_them() -> None:
@@ -150,10 +153,25 @@ def test_threshold_mode_ignores_the_masks_and_segmentation_trains(tmp_path: Path
     src = _file(tmp_path / "a.h5")
     with_masks = masks.add_masks(src, tmp_path / "b.h5", progress=False)
     over = {"run.threads": 1, "optim.epochs": 1}
-    a = train(make_config("tiny", "constrained", overrides=over), tmp_path / "ra", data=src)
-    b = train(make_config("tiny", "constrained", overrides=over), tmp_path / "rb", data=with_masks)
+    a = train(make_config("tiny", "inv_only", overrides=over), tmp_path / "ra", data=src)
+    b = train(make_config("tiny", "inv_only", overrides=over), tmp_path / "rb", data=with_masks)
     assert a.metrics["test"] == b.metrics["test"]  # bit for bit: the default never reads them
     seg = over | {"augment.background": "segmentation"}
-    c = train(make_config("tiny", "constrained", overrides=seg), tmp_path / "rc", data=with_masks)
+    c = train(make_config("tiny", "inv_only", overrides=seg), tmp_path / "rc", data=with_masks)
     assert np.isfinite(c.metrics["test"]["sigma_nmad"])
     assert c.history["total"].iloc[0] != a.history["total"].iloc[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_segmentation_mode_on_cuda_keeps_the_masked_pixels() -> None:
+    yy, xx = np.mgrid[:24, :24] - 11.5
+    r2 = xx**2 + yy**2  # D4-symmetric images and masks: every element leaves them as they are
+    amp = np.random.default_rng(5).uniform(1, 5, (64, 5, 1, 1))
+    x = torch.from_numpy((amp * np.exp(-r2 / 20.0)).astype(np.float32)).cuda()
+    keep = torch.from_numpy(np.broadcast_to(r2 < 30, (64, 24, 24)).copy()).cuda()
+    packed = torch.from_numpy(masks.pack(keep.cpu().numpy())).cuda()
+    assert torch.equal(unpack_bits(packed), keep)
+    out = augment(x, torch.Generator(device="cuda").manual_seed(0), keep=keep)
+    assert torch.equal(out.permute(1, 0, 2, 3)[:, keep], x.permute(1, 0, 2, 3)[:, keep])
+    assert (out.permute(1, 0, 2, 3)[:, ~keep] != x.permute(1, 0, 2, 3)[:, ~keep]).all()
