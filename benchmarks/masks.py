@@ -14,8 +14,8 @@ the demo network sees). ``rate`` times ``study.data.masks.measure_masks`` (proce
 wall time, with the load average: the machine may be shared). ``compare`` pairs runs of the two
 modes by seed: the test metrics per seed, the seed-mean difference segmentation - threshold with a
 paired bootstrap over the test galaxies (the same draw for every run: ``analysis.verdict``), and
-the Appendix H spread (mean over test galaxies of the std of zp under 20 random D4 + background
-draws) of every run under each mode.
+the Appendix H spread (mean over the first ``--app-h-galaxies`` test galaxies of the std of zp
+under 20 random D4 + background draws, the same draws for every run) of every run under each mode.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def _test_metrics(run: Path) -> dict[str, float]:
     return json.loads((run / "metrics.json").read_text())["test"]
 
 
-def compare(thr: list[str], seg: list[str], data: str, n_boot: int) -> dict:
+def compare(thr: list[str], seg: list[str], data: str, n_boot: int, n_app_h: int) -> dict:
     from analysis.figures import augmentation_spread
     from analysis.results import augmented_cdes, load_predictions
     from analysis.verdict import VERDICT_METRICS, per_galaxy, resample_indices, statistics
@@ -168,7 +168,7 @@ def compare(thr: list[str], seg: list[str], data: str, n_boot: int) -> dict:
     }
     out["n_galaxies"], out["n_boot"] = n, n_boot
     with h5py.File(data, "r") as f:
-        rows = np.flatnonzero(f["split"][:] == 2)
+        rows = np.flatnonzero(f["split"][:] == 2)[:n_app_h]
     for rs in runs.values():
         for r in rs:
             for draw_mode in ("threshold", "segmentation"):
@@ -196,13 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--data", required=True, help="the data file with source_mask (App. H draws)")
     p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--app-h-galaxies", type=int, default=200, help="first test galaxies of App. H")
     args = parser.parse_args(argv)
     if args.command == "fractions":
         res = fractions(args.data, args.seed, args.crop)
     elif args.command == "rate":
         res = rate(args.data, args.n)
     else:
-        res = compare(args.threshold, args.segmentation, args.data, args.n_boot)
+        res = compare(
+            args.threshold, args.segmentation, args.data, args.n_boot, args.app_h_galaxies
+        )
     print(json.dumps(res, indent=1))
     return 0
 
