@@ -192,8 +192,18 @@ def zp_zs(
     return fig
 
 
-def augmentation_cdes(group: str, p: np.ndarray, zs: np.ndarray, edges: np.ndarray) -> go.Figure:
-    """CDEs of G galaxies under D random augmentations each (Appendix H); p (G, D, C)."""
+def augmentation_spread(p: np.ndarray, edges: np.ndarray) -> float:
+    """Appendix H's spread: the mean over galaxies of the std over draws of zp; p (G, D, C)."""
+    return float(np.mean(np.std(p @ bin_centers(edges), axis=1)))
+
+
+def augmentation_cdes(
+    group: str, p: np.ndarray, zs: np.ndarray, edges: np.ndarray, background: str = "threshold"
+) -> go.Figure:
+    """CDEs of G galaxies under D random augmentations each (Appendix H); p (G, D, C).
+
+    ``background``: the resampling mode of the draws (``augment.background``), named in the title.
+    """
     n_gal, n_draws, _ = p.shape
     rows, cols = _grid(n_gal, 4)
     centers = bin_centers(edges)
@@ -217,11 +227,11 @@ def augmentation_cdes(group: str, p: np.ndarray, zs: np.ndarray, edges: np.ndarr
             row=r, col=c,
         )  # fmt: skip
     fig.update_xaxes(range=[0, float(edges[-1])])
-    spread = float(np.mean(np.std(p @ centers, axis=1)))
+    spread = augmentation_spread(p, edges)
     fig.update_layout(
         title=(
             f"{group}: CDEs of {n_gal} test galaxies under {n_draws} random D4 + background "
-            f"resamplings each (Appendix H); mean std of zp over draws {spread:.4f}"
+            f"({background}) resamplings each (Appendix H); mean std of zp over draws {spread:.4f}"
         ),
         height=230 * rows, showlegend=False, **LAYOUT,
     )  # fmt: skip

@@ -245,9 +245,7 @@ def load_batch(
     gen = torch.Generator(device=device).manual_seed(seed)
     return LandscapeBatch(
         images=data["images"],
-        view=augment(
-            data["images"], gen, fill=config.get("loss", {}).get("background_fill", "normal")
-        ),
+        view=augment(data["images"], gen, fill=config.get("augment", {}).get("fill", "normal")),
         ebv=data["ebv"],
         zs=data["zs"],
         flux_table=data["flux_table"],

@@ -425,20 +425,20 @@ def _augmentation_figs(study, firsts, preds, seed, device, notes) -> list[tuple[
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(first.zs), size=min(12, len(first.zs)), replace=False))
     out = []
+    modes = backgrounds(study, pd.DataFrame(list(firsts.values())))
     for label, row in firsts.items():
+        mode = modes.get(label, "none")
+        mode = "threshold" if mode == "none" else mode  # a run without augmentation: the paper's
         try:
             p, zs, edges = augmented_cdes(
-                study.run_dir(row), index[pick], n_draws=20, seed=seed, device=pick_device(device)
-            )
+                study.run_dir(row), index[pick], n_draws=20, seed=seed, device=pick_device(device),
+                background=mode,
+            )  # fmt: skip
         except UserError as exc:
             notes.append(f"Appendix H figure for {label} skipped: {exc}")
             continue
-        out.append(
-            (
-                f"augment_{label}",
-                figures.augmentation_cdes(f"{label} (seed {int(row['seed'])})", p, zs, edges),
-            )
-        )
+        title = f"{label} (seed {int(row['seed'])})"
+        out.append((f"augment_{label}", figures.augmentation_cdes(title, p, zs, edges, mode)))
     return out
 
 
@@ -498,6 +498,7 @@ def render_page(study: Study, tables: Tables, figs: Figures, seconds: float) -> 
         name=study.path.name,
         plotlyjs=Markup(get_plotlyjs()),
         runs=_runs(study),
+        backgrounds=backgrounds(study, tables.frame),
         seconds=seconds,
         verdict=verdict_view(tables),
         questions=questions(paired),
@@ -577,6 +578,23 @@ def _row_name(runs: pd.DataFrame) -> str:
     """A label as the verdict names it: the group, or ``search <config_id>``."""
     group, label = str(runs["group"].iloc[0]), str(runs["label"].iloc[0])
     return group if group == label else f"{group} {label}"
+
+
+def backgrounds(study: Study, frame: pd.DataFrame) -> dict[str, str]:
+    """Each label's background resampling (``augment.background`` of its first run's config):
+    ``threshold`` or ``segmentation``; ``none`` without augmentation or invariance term."""
+    import yaml
+
+    from analysis.results import run_background
+
+    out = {}
+    for label, row in _first_runs(frame).items():
+        path = study.run_dir(row) / "config.yaml"
+        cfg = yaml.safe_load(path.read_text()) if path.is_file() else {}
+        loss = (cfg or {}).get("loss") or {}
+        augmenting = bool(loss.get("augment")) or float(loss.get("g_inv", 0) or 0) > 0
+        out[label] = run_background(cfg or {}) if augmenting else "none"
+    return out
 
 
 def _runs(study: Study) -> dict[str, Any]:

@@ -211,7 +211,8 @@ def load_trained_model(
 
 
 def read_rows(path: str | Path, rows: np.ndarray, *, device: str | torch.device = "cpu") -> dict:
-    """Rows of a photoz-study/1 file (any order): images, ebv, zs, flux_table (or None), id, edges.
+    """Rows of a photoz-study/1 file (any order): images, ebv, zs, flux_table (or None), id, edges,
+    masks (the packed ``source_mask`` rows as uint8 (n, 64, 8), or None).
 
     Reads only those rows (sorted fancy indexing), so picking a dozen test galaxies of a
     600k-galaxy file does not load the whole test split.
@@ -222,6 +223,7 @@ def read_rows(path: str | Path, rows: np.ndarray, *, device: str | torch.device 
         with h5py.File(path, "r") as f:
             out = {k: f[k][srt][back] for k in ("images", "ebv", "zs", "id")}
             out["flux_table"] = f["flux_table"][srt][back] if "flux_table" in f else None
+            masks = f["source_mask"][srt][back] if "source_mask" in f else None
             edges = np.asarray(f.attrs["bin_edges"], dtype=np.float64)
     except (OSError, KeyError) as exc:
         raise UserError(
@@ -233,6 +235,7 @@ def read_rows(path: str | Path, rows: np.ndarray, *, device: str | torch.device 
         if k != "id" and v is not None
     }
     t["flux_table"] = t.get("flux_table")
+    t["masks"] = None if masks is None else torch.as_tensor(masks, device=device)
     t["id"] = out["id"]
     t["edges"] = torch.as_tensor(edges, dtype=torch.float32, device=device)
     return t
@@ -244,6 +247,11 @@ def first_test_rows(path: str | Path, n: int) -> np.ndarray:
         return np.flatnonzero(f["split"][:] == 2)[:n]
 
 
+def run_background(config: dict) -> str:
+    """A run's ``augment.background`` from its config.yaml dict (``threshold`` before the field)."""
+    return str((config.get("augment") or {}).get("background", "threshold"))
+
+
 @torch.no_grad()
 def augmented_cdes(
     run_dir: str | Path,
@@ -252,6 +260,8 @@ def augmented_cdes(
     n_draws: int = 20,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    background: str | None = None,
+    data: str | Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CDEs of some galaxies under ``n_draws`` random D4 + background resamplings (App. H).
 
@@ -260,23 +270,37 @@ def augmented_cdes(
         rows: row numbers of the galaxies in the run's data file (e.g. predictions.h5 ``index``).
         n_draws: augmentations per galaxy (the paper: 20).
         seed: seed of the augmentation draws (the same draws for every run).
+        background: ``threshold`` or ``segmentation`` resampling (``augment.background``);
+            None: the run's own (its config.yaml; ``threshold`` for a run made before the field).
+        data: read the galaxies (and masks) from this file instead of the run's own, e.g. the
+            same universe with ``source_mask`` added (same rows, same pixels).
 
     Returns:
         (p (G, n_draws, C), zs (G,), edges (C+1,)).
     """
-    from study.augment import augment
+    from study.augment import augment, unpack_bits
 
     config, model = load_trained_model(run_dir, device=device)
-    data = read_rows(run_dataset(config, run_dir), rows, device=device)
+    mode = background or run_background(config)
+    path = Path(data) if data is not None else run_dataset(config, run_dir)
+    gals = read_rows(path, rows, device=device)
+    if mode == "segmentation" and gals["masks"] is None:
+        raise UserError(
+            f"{path}: has no source_mask for segmentation resampling; add it with "
+            f"`python -m study.data masks {path}`"
+        )
     gen = torch.Generator(device=device).manual_seed(seed)
-    g = data["zs"].shape[0]
-    x = data["images"].repeat_interleave(n_draws, dim=0)  # (G * n_draws, 5, 64, 64)
-    ebv = data["ebv"].repeat_interleave(n_draws, dim=0)
-    fill = config.get("loss", {}).get("background_fill", "normal")  # the run's own operator
-    p = torch.softmax(model(augment(x, gen, fill=fill), ebv).float(), dim=1)
+    g = gals["zs"].shape[0]
+    x = gals["images"].repeat_interleave(n_draws, dim=0)  # (G * n_draws, 5, 64, 64)
+    ebv = gals["ebv"].repeat_interleave(n_draws, dim=0)
+    keep = None  # (G * n_draws, 64, 64) bool central-source pixels (segmentation mode)
+    if mode == "segmentation":
+        keep = unpack_bits(gals["masks"]).repeat_interleave(n_draws, dim=0)
+    fill = config.get("augment", {}).get("fill", "normal")  # the run's own operator
+    p = torch.softmax(model(augment(x, gen, fill=fill, keep=keep), ebv).float(), dim=1)
     return (
         p.reshape(g, n_draws, -1).cpu().numpy(),
-        data["zs"].cpu().numpy().astype(np.float64),
+        gals["zs"].cpu().numpy().astype(np.float64),
         read_bin_edges(Path(run_dir)),
     )
 

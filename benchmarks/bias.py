@@ -5,7 +5,7 @@
 For each finished run (``python -m study.train``'s directory), its reported model scores every
 split of its data file with no augmentation: ``bias`` = mean (zp - zs)/(1 + zs) with its standard
 error, and sigma_nmad (``study.metrics``). Then the test images as the network saw its training
-images: the central crop, background-resampled with the run's own ``loss.background_fill``
+images: the central crop, background-resampled with the run's own ``augment.fill``
 (``--draws`` independent draws, zp averaged), and the per-band mean pixel change that
 resampling makes, in units of the clipped sky std. Used for README "The demo preset (issue 12)".
 """
@@ -54,7 +54,7 @@ def run_report(run: str, draws: int) -> str:
             f" sigma_nmad {m['sigma_nmad']:.4f}"
         )
     # d is the test split now: the same galaxies as the network saw its training batches
-    fill = config.get("loss", {}).get("background_fill", "normal")
+    fill = config.get("augment", {}).get("fill", "normal")
     x = centre_crop(d["images"], int(config.get("model", {}).get("crop", 64)))
     stats = sigma_clipped_stats(x)
     gen = torch.Generator().manual_seed(0)

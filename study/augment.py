@@ -1,5 +1,10 @@
 """Augmentations on the training device, batched: random D4 and background resampling (SPEC 2).
 
+Background resampling has two modes (``augment.background`` in the config): ``threshold`` (the
+paper's: pixels below the clipped mean + 1 std are redrawn, every source kept, neighbours too)
+and ``segmentation`` (every pixel outside the central source's segment, ``source_mask`` from
+``study.data.masks``, is redrawn from the same clipped mean and std: neighbours are removed).
+
 All functions take images ``x`` (B, 5, H, W) in nanomaggies per pixel and a ``torch.Generator``
 on ``x.device`` (the trial's generator, so a seed reproduces the draws). Nothing loops over
 images in Python.
@@ -59,6 +64,27 @@ def random_d4(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Apply one uniformly drawn D4 element per sample."""
     element = torch.randint(0, 8, (x.shape[0],), generator=generator, device=x.device)
     return d4(x, element % 4, element >= 4)
+
+
+def random_d4_pair(
+    x: torch.Tensor, keep: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``random_d4`` of images x (B, C, H, W) and masks keep (B, H, W), the same element each.
+
+    The same draw as ``random_d4(x, generator)``, so x's result is the same bits."""
+    element = torch.randint(0, 8, (x.shape[0],), generator=generator, device=x.device)
+    k, flip = element % 4, element >= 4
+    return d4(x, k, flip), d4(keep[:, None], k, flip)[:, 0]
+
+
+def unpack_bits(packed: torch.Tensor) -> torch.Tensor:
+    """(..., W / 8) uint8 packed rows (``np.packbits(axis=-1)``, big bit order) -> (..., W) bool.
+
+    On the tensor's device: the trainer keeps ``source_mask`` packed there (512 bytes per
+    galaxy) and unpacks each batch's rows."""
+    shifts = torch.arange(7, -1, -1, device=packed.device, dtype=torch.uint8)  # bit 7 first
+    bits = (packed[..., None] >> shifts) & 1  # (..., W / 8, 8)
+    return bits.flatten(-2).bool()
 
 
 def sigma_clipped_stats(
@@ -177,22 +203,27 @@ def resample_background(
     iters: int = 3,
     stats: tuple[torch.Tensor, torch.Tensor] | None = None,
     fill: Literal["normal", "truncated"] = "normal",
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Replace background pixels with fresh noise, per image and band (SPEC 2).
 
     With mu, s the sigma-clipped mean and std of a band's pixels (``sigma_clipped_stats``),
     pixels below ``mu + n_sigma * s`` are background and are redrawn; the others (the sources)
-    are kept exactly.
+    are kept exactly. With ``keep`` (the ``segmentation`` mode) the background is instead every
+    pixel outside the central source's segment, in every band, neighbours included: the kept
+    pixels are exactly those of ``keep``.
 
-    ``fill`` says from what. ``"normal"`` (SPEC 2, the paper's operator): N(mu, s^2). A pure-sky
-    pixel is background only when it lies below the threshold, so with n_sigma = 1 its old
-    value averaged mu - 0.288 s (the truncated normal's mean) and its new one averages mu: the
-    resampled image holds about 0.24 s more sky per pixel than the one it came from, in every
-    band, a flux offset between training (augmented) and evaluation (never augmented) images.
-    ``"truncated"``: N(mu, s^2) truncated to below the threshold, the distribution a sky pixel
-    that was called background has, so sky statistics (and the fluxes a network reads) are
-    unchanged and only the noise realisation is new. Drawn by inverse CDF
-    (``torch.special.ndtri`` of a uniform on (0, Phi(n_sigma))), on the device, one buffer.
+    ``fill`` says what the threshold rule redraws from. ``"normal"`` (SPEC 2, the paper's
+    operator): N(mu, s^2). A pure-sky pixel is background only when it lies below the
+    threshold, so with n_sigma = 1 its old value averaged mu - 0.288 s (the truncated normal's
+    mean) and its new one averages mu: the resampled image holds about 0.24 s more sky per pixel
+    than the one it came from, in every band, a flux offset between training (augmented) and
+    evaluation (never augmented) images. ``"truncated"``: N(mu, s^2) truncated to below the
+    threshold, the distribution a sky pixel that was called background has, so sky statistics
+    (and the fluxes a network reads) are unchanged and only the noise realisation is new. Drawn
+    by inverse CDF (``torch.special.ndtri`` of a uniform on (0, Phi(n_sigma))), on the device,
+    one buffer. The segmentation mode redraws every sky pixel whatever its value, so there
+    N(mu, s^2) already keeps the sky's distribution: it takes ``"normal"`` only.
 
     Args:
         x: (B, C, H, W) images.
@@ -204,6 +235,8 @@ def resample_background(
             the multiset of a band's pixels, so every D4 image of x has the same ones: several
             views of one batch can share one computation (the sort is most of the cost).
         fill: ``"normal"`` or ``"truncated"``, above.
+        keep: (B, H, W) bool, True on the central source's pixels (``source_mask``, after the
+            same D4 element as x); None: the threshold rule.
 
     Returns:
         (B, C, H, W), same dtype as x.
@@ -213,14 +246,16 @@ def resample_background(
     mean, std = mean.to(work)[..., None, None], std.to(work)[..., None, None]  # (B, C, 1, 1)
     if fill == "normal":
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=work)
-    elif fill == "truncated":
+    elif fill == "truncated" and keep is None:
         # u on (0, Phi(n_sigma)]: 1 - U[0, 1) never reaches 0, so ndtri stays finite
         top = float(torch.special.ndtr(torch.tensor(n_sigma, dtype=torch.float64)))
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=work)
         noise = torch.special.ndtri(u.neg_().add_(1.0).mul_(top))
     else:
-        raise ValueError(f"fill must be 'normal' or 'truncated', not {fill!r}")
-    background = x < mean + n_sigma * std
+        raise ValueError(
+            f"fill must be 'normal' or (threshold rule only) 'truncated', not {fill!r}"
+        )
+    background = x < mean + n_sigma * std if keep is None else ~keep[:, None]
     fill_values = noise.mul_(std).add_(mean)  # in place: mean + std * noise, one buffer
     return torch.where(background, fill_values.to(x.dtype), x)
 
@@ -230,10 +265,16 @@ def augment(
     generator: torch.Generator,
     stats: tuple[torch.Tensor, torch.Tensor] | None = None,
     fill: Literal["normal", "truncated"] = "normal",
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The training augmentation: ``resample_background(random_d4(x), fill=fill)``.
+    """The training augmentation: ``resample_background(random_d4(x), fill=fill, keep=...)``.
 
     ``stats``: ``sigma_clipped_stats(x)``, when several views of the same x are drawn (D4 does
-    not change them); the result is identical to computing them each time.
+    not change them); the result is identical to computing them each time. ``keep``: (B, H, W)
+    bool central-source masks (``augment.background=segmentation``): D4 turns them with x and
+    every pixel outside them is redrawn; None: the threshold rule (the paper's, the default).
     """
-    return resample_background(random_d4(x, generator), generator, stats=stats, fill=fill)
+    if keep is None:
+        return resample_background(random_d4(x, generator), generator, stats=stats, fill=fill)
+    turned, keep = random_d4_pair(x, keep, generator)
+    return resample_background(turned, generator, stats=stats, fill=fill, keep=keep)

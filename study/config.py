@@ -91,17 +91,27 @@ class LossConfig:
     # random D4 element + background resampling of every training batch (the paper's
     # "augmented" input pipeline)
     augment: bool = False
-    # what background resampling redraws background pixels from (augment.resample_background):
-    # "normal" N(mu, s^2) (SPEC 2, the paper), which adds about 0.24 s of sky per pixel to every
-    # training image, a flux offset evaluation images never see; "truncated" N(mu, s^2) below
-    # the background threshold, the distribution a sky pixel called background has, so only the
-    # noise is new. Also used by the invariance term's view.
-    background_fill: Literal["normal", "truncated"] = "normal"
     # training target of the CE and CDE terms: 0 = the bin holding zs (paper); > 0 =
     # N(zs, target_sigma^2) integrated over the bins (redshift units), so neighbouring bins
     # share the target and it keeps where in its bin zs lies. Training only: validation CE (the
     # schedule's signal) and every metric use the bin holding zs.
     target_sigma: float = 0.0
+
+
+@dataclass
+class AugmentConfig:
+    # which pixels background resampling redraws (with loss.augment or g_inv > 0):
+    # "threshold" = those below the band's sigma-clipped mean + 1 std, every source kept,
+    # neighbours too (the paper's); "segmentation" = every pixel outside the central source's
+    # segment (the file's source_mask: `python -m study.data masks`), neighbours redrawn too
+    background: Literal["threshold", "segmentation"] = "threshold"
+    # what the threshold rule redraws background pixels from (augment.resample_background):
+    # "normal" N(mu, s^2) (SPEC 2, the paper), which adds about 0.24 s of sky per pixel to every
+    # training image, a flux offset evaluation images never see; "truncated" N(mu, s^2) below
+    # the threshold, the distribution a sky pixel called background has, so only the noise is
+    # new. The segmentation mode redraws every sky pixel, so N(mu, s^2) already keeps the sky's
+    # distribution there: it takes "normal" only.
+    fill: Literal["normal", "truncated"] = "normal"
 
 
 @dataclass
@@ -146,11 +156,12 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)  # which galaxies
     model: ModelConfig = field(default_factory=ModelConfig)  # which network
     loss: LossConfig = field(default_factory=LossConfig)  # the objective (the group)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # what resampling redraws
     optim: OptimConfig = field(default_factory=OptimConfig)  # Adam + plateau schedule
     run: RunConfig = field(default_factory=RunConfig)  # seed, device, speed switches
 
 
-SECTIONS = ("data", "model", "loss", "optim", "run")
+SECTIONS = ("data", "model", "loss", "augment", "optim", "run")
 # The loss fields every resolved config.yaml held before loss.cde_scale (issue 13): such a file
 # trained its CDE term on the density scale, whatever its group's scale is now.
 LEGACY_LOSS_FIELDS = frozenset({"g_l2", "g_flux", "g_inv", "g_cde", "augment"})
@@ -359,6 +370,11 @@ def _check_ranges(cfg: Config, where: str) -> None:
         ("model.apertures", all(a > 0 for a in cfg.model.apertures), "positive sigmas (px)"),
         ("model.aperture_hidden", cfg.model.aperture_hidden >= 0, ">= 0"),
         ("loss.target_sigma", cfg.loss.target_sigma >= 0, ">= 0"),
+        (
+            "augment.fill",
+            cfg.augment.fill == "normal" or cfg.augment.background == "threshold",
+            "normal with augment.background=segmentation (it redraws every sky pixel)",
+        ),
         ("optim.warmup_frac", 0 < cfg.optim.warmup_frac < 1, "in (0, 1)"),
         ("optim.lr", cfg.optim.lr > 0, "> 0"),
         ("optim.batch_size", cfg.optim.batch_size >= 2, ">= 2 (batch norm)"),

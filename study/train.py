@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from study.augment import augment, background_stats, sigma_clipped_stats
+from study.augment import augment, background_stats, sigma_clipped_stats, unpack_bits
 from study.config import (
     Config,
     load_yaml,
@@ -114,6 +114,11 @@ def _check_data(config: Config, info: DatasetInfo) -> None:
             f"{p}: bins end at z={float(info.bin_edges[-1]):g} but model.z_max="
             f"{config.model.z_max:g}; set model.z_max={float(info.bin_edges[-1]):g}"
         )
+    if _segmenting(config) and not info.has_masks:
+        raise UserError(
+            f"{p}: has no source_mask but augment.background=segmentation; add it with "
+            f"`python -m study.data masks {p}` (or set augment.background=threshold)"
+        )
     if config.loss.g_flux > 0 and not info.has_flux_table:
         raise UserError(
             f"{p}: has no flux_table but loss.g_flux={config.loss.g_flux:g}; use a file built "
@@ -125,6 +130,12 @@ def _check_data(config: Config, info: DatasetInfo) -> None:
                 f"{p}: split {split!r} has {info.split_counts.get(split, 0)} galaxies; "
                 f"need at least {least} (rebuild the file with more galaxies)"
             )
+
+
+def _segmenting(cfg: Config) -> bool:
+    """True when the run resamples backgrounds in the segmentation mode (needs source_mask)."""
+    augmenting = cfg.loss.augment or cfg.loss.g_inv > 0
+    return augmenting and cfg.augment.background == "segmentation"
 
 
 def check_run_dir(out: Path, resume: bool) -> None:
@@ -245,7 +256,8 @@ def _train(
 ) -> RunResult:
     cuda = device.type == "cuda"
     model, step_model, opt = setup_training(cfg, device)
-    train_data, val_data = _load(info, "train", device, cfg), _load(info, "val", device, cfg)
+    train_data = _load(info, "train", device, cfg, masks=_segmenting(cfg))
+    val_data = _load(info, "val", device, cfg)
     # (n, 5, 2) sigma-clipped background stats of every training image, computed once on the
     # device, kept beside the split: each augmentation gathers its rows instead of sorting
     # every band of every image at every step (identical values)
@@ -338,14 +350,18 @@ def setup_training(
     return model, step_model, opt
 
 
-def _load(info: DatasetInfo, split: str, device: torch.device, cfg: Config) -> SplitData:
+def _load(
+    info: DatasetInfo, split: str, device: torch.device, cfg: Config, masks: bool = False
+) -> SplitData:
     """A split on the device (data.resident) or in host memory (streamed).
 
     The streamed split needs no page-locking: ``streamed_batches`` gathers each batch's rows
     into small pinned staging buffers (pinning the whole 25 GB split would double host memory).
+    ``masks``: with its packed ``source_mask`` rows (512 bytes per galaxy) beside the images.
     """
     dtype = getattr(torch, cfg.data.image_dtype)
-    return load_split(info.path, split, device if cfg.data.resident else "cpu", dtype)
+    where = device if cfg.data.resident else "cpu"
+    return load_split(info.path, split, where, dtype, masks=masks)
 
 
 def _generators(seed: int, device: torch.device) -> dict[str, torch.Generator]:
@@ -424,7 +440,10 @@ def train_step(
     """
     # (B, 5, S, S) float32 nanomaggies, S = model.crop: only what the network sees is augmented
     x = centre_crop(_on_device(batch.images, edges.device, cfg), cfg.model.crop)
-    first, view = augmented_views(x, batch.background, gen, cfg)
+    keep = None  # (B, S, S) bool central-source pixels (augment.background=segmentation)
+    if batch.masks is not None:
+        keep = centre_crop(unpack_bits(batch.masks.to(edges.device)), cfg.model.crop)
+    first, view = augmented_views(x, batch.background, gen, cfg, keep)
     with _autocast(x.device, cfg):
         logits = step_model(first, batch.ebv)  # (B, C)
         logits_view = step_model(view, batch.ebv) if view is not None else None
@@ -446,7 +465,11 @@ def train_step(
 
 
 def augmented_views(
-    x: torch.Tensor, background: torch.Tensor | None, gen: torch.Generator, cfg: Config
+    x: torch.Tensor,
+    background: torch.Tensor | None,
+    gen: torch.Generator,
+    cfg: Config,
+    keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The step's inputs: the batch as the network sees it, and the invariance term's view.
 
@@ -455,7 +478,8 @@ def augmented_views(
     ``gen``), else None. Every view of a batch uses the same sigma-clipped background stats
     (D4 leaves them unchanged; the sort behind them is most of the augmentation's cost): the
     batch's precomputed ones (``background``, (B, 5, 2), ``augment.background_stats``), else
-    computed here once for all views.
+    computed here once for all views. ``keep`` ((B, S, S) bool, the batch's central-source
+    masks): the segmentation mode, every pixel outside them redrawn; None: the threshold rule.
     """
     w = cfg.loss
     if not (w.augment or w.g_inv > 0):
@@ -464,8 +488,9 @@ def augmented_views(
         stats = (background[..., 0], background[..., 1])  # (B, 5) each
     else:
         stats = sigma_clipped_stats(x)
-    first = augment(x, gen, stats, w.background_fill) if w.augment else x
-    view = augment(x, gen, stats, w.background_fill) if w.g_inv > 0 else None
+    fill = cfg.augment.fill
+    first = augment(x, gen, stats, fill=fill, keep=keep) if w.augment else x
+    view = augment(x, gen, stats, fill=fill, keep=keep) if w.g_inv > 0 else None
     return first, view
 
 

@@ -43,9 +43,11 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def bare(small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same universe written without phot/phot_err (as every file was before issue 11)."""
+    """The same universe written without phot/phot_err (as every file was before issue 11; with
+    its source_mask, which add_photometry must carry into the hash)."""
     with h5py.File(small) as f:
-        arrays = {k: f[k][:] for k in ("images", "zs", "ebv", "flux", "split", "flux_table")}
+        names = ("images", "zs", "ebv", "flux", "split", "flux_table", "source_mask")
+        arrays = {k: f[k][:] for k in names}
         truth = {k: f[f"truth/{k}"][:] for k in f["truth"]}
         attrs, ids = dict(f.attrs), f["id"][:]
     out = tmp_path_factory.mktemp("aperture") / "bare.h5"

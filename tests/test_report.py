@@ -93,6 +93,9 @@ def test_report_on_fake_ablation(tmp_path, capsys):
     assert html == study / "report" / "report.html"
     assert "constrained &minus; baseline_aug (n=2 paired seeds)" in page
     assert "cannot reach 0.05" in page
+    # every group's background mode is named (issue 13): none without augmentation
+    assert "baseline none; baseline_aug threshold; constrained threshold" in page
+    assert "D4 + background (threshold) resamplings" in page
     paired = pd.read_csv(study / "report" / "paired.csv")
     assert set(paired["reference"]) == {"baseline", "baseline_aug"} and (paired["n"] == 2).all()
     _check_peers(study, page, ("knn",), n_seeds=2)

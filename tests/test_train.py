@@ -388,7 +388,7 @@ def test_reported_model_is_what_analysis_loads(data_file, tmp_path):
 
 
 def test_background_fill_reaches_both_views():
-    """``loss.background_fill`` picks the operator of the augmented input and the invariance view."""
+    """``augment.fill`` picks the operator of the augmented input and the invariance view."""
     from study.augment import augment, sigma_clipped_stats
     from study.train import augmented_views
 
@@ -396,9 +396,16 @@ def test_background_fill_reaches_both_views():
     x[:, :, 10:14, 10:14] += 3.0
     stats = sigma_clipped_stats(x)
     for fill in ("normal", "truncated"):
-        overrides = {"loss.background_fill": fill, "loss.augment": True}
+        overrides = {"augment.fill": fill, "loss.augment": True}
         cfg = make_config("tiny", "constrained", overrides=overrides)
         first, view = augmented_views(x, None, torch.Generator().manual_seed(1), cfg)
         gen = torch.Generator().manual_seed(1)
         assert torch.equal(first, augment(x, gen, stats, fill))
         assert view is not None and torch.equal(view, augment(x, gen, stats, fill))
+
+
+def test_truncated_fill_is_refused_with_segmentation():
+    """The segmentation mode redraws every sky pixel: only the normal fill keeps the sky's law."""
+    overrides = {"augment.fill": "truncated", "augment.background": "segmentation"}
+    with pytest.raises(UserError, match="augment.fill='truncated' must be normal with augment"):
+        make_config("tiny", "baseline_aug", overrides=overrides)

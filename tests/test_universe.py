@@ -216,6 +216,19 @@ def test_phot_is_the_aperture_photometry_of_its_own_images(small: Path) -> None:
     assert 0.5 < np.median(ratio) < 1.0
 
 
+def test_source_mask_is_the_segmentation_of_its_own_images(small: Path) -> None:
+    from study.data import masks
+
+    info = validate(small)  # the content hash covers source_mask
+    assert info.has_masks
+    with h5py.File(small) as f:
+        assert f["source_mask"].shape == (300, 64, 8) and f["source_mask"].dtype == np.uint8
+        want = masks.pack(masks.measure_masks(f["images"][:12]))
+        np.testing.assert_array_equal(f["source_mask"][:12], want)
+        keep = masks.unpack(f["source_mask"][:])
+    assert keep[:, 31:33, 31:33].all()  # every rendered galaxy has its centre in its segment
+
+
 def test_flux_table_batches_do_not_change_bits(monkeypatch: pytest.MonkeyPatch) -> None:
     from study.universe import sed
     from study.universe.population import population

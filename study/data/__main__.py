@@ -1,4 +1,5 @@
-"""python -m study.data: convert, inspect and re-split photoz-study/1 files (and build a universe).
+"""python -m study.data: convert, inspect and re-split photoz-study/1 files (and build a universe);
+add measured photometry, a template flux table or source masks to one.
 
 Exit code 2 with a one-line ``error: ...`` on bad input; an existing --out is never overwritten
 unless --force is given (and even then only once the new file is complete).
@@ -33,6 +34,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
         overwrite=args.force,
         image_dtype=args.dtype,
         chunk=args.chunk,
+        masks=not args.no_masks,
     )
     print(f"wrote {out}")
 
@@ -105,6 +107,18 @@ def cmd_inspect(args: argparse.Namespace) -> None:
                 "  measured photometry (phot, phot_err): absent "
                 "(add it with `python -m study.data photometry FILE`)"
             )
+        if info.has_masks:
+            area = np.unpackbits(f["source_mask"][:PIXEL_SAMPLE], axis=-1).sum(axis=(1, 2))
+            print(
+                f"  source masks (source_mask): present; central segment median "
+                f"{np.median(area):.0f} px, empty for {100 * np.mean(area == 0):.1f}% "
+                f"(first {min(info.n, PIXEL_SAMPLE)} galaxies)"
+            )
+        else:
+            print(
+                "  source masks (source_mask): absent (add them with `python -m study.data "
+                "masks FILE`; needed by augment.background=segmentation)"
+            )
     if info.truth_fields:
         print("  truth: " + ", ".join(info.truth_fields))
     print(f"  content_hash {info.content_hash}")
@@ -139,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", default="float32", choices=("float32", "float16"), help="stored image dtype"
     )
     p.add_argument("--chunk", type=int, default=1024, help="galaxies per read (bounds memory)")
+    p.add_argument(
+        "--no-masks",
+        action="store_true",
+        help="leave out source_mask (its segmentation runs at ~25 galaxies/s per core; add it "
+        "later with `python -m study.data masks`)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_convert)
 
@@ -155,12 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_split)
 
     from study.data.aperture import add_photometry_parser
+    from study.data.masks import add_masks_parser
     from study.data.templates import add_flux_table_parser
     from study.universe.build import add_universe_parser
 
     add_universe_parser(sub)
     add_photometry_parser(sub)
     add_flux_table_parser(sub)
+    add_masks_parser(sub)
     return parser
 
 

@@ -228,7 +228,7 @@ def _hashed_names(f: h5py.File) -> list[str]:
     """The datasets the content hash covers (as ``validate``), less ``phot``/``phot_err``."""
     from study.data.writer import CORE_DATASETS
 
-    names = [k for k in (*CORE_DATASETS, "flux_table") if k in f]
+    names = [k for k in (*CORE_DATASETS, "flux_table", "source_mask") if k in f]
     names += [f"truth/{k}" for k in f["truth"]] if "truth" in f else []
     return sorted(names)
 

@@ -83,6 +83,7 @@ class DatasetInfo:
     pixel_scale_arcsec: float = 0.396
     truth_fields: list[str] = field(default_factory=list)
     has_phot: bool = False  # measured photometry phot/phot_err (both or neither)
+    has_masks: bool = False  # source_mask: the central source's segment (study.data.masks)
     # what the flux table was computed from: "synthetic-exact", "spectra" or "templates" (None
     # without a table); a file written before the attribute existed gets the only kind it could
     # hold then (synthetic-exact for a synthetic file, spectra otherwise)
@@ -100,6 +101,8 @@ class SplitData:
     flux_table: torch.Tensor | None
     ids: np.ndarray  # (n,) int64
     index: np.ndarray  # (n,) int64 row numbers in the file
+    # (n, 64, 8) uint8 packed central-source masks (``source_mask``), loaded on request
+    masks: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.zs.shape[0])
@@ -131,11 +134,13 @@ _DTYPES = {
     "flux_table": ("float32",),
     "phot": ("float32",),
     "phot_err": ("float32",),
+    "source_mask": ("uint8",),
 }
 OPTIONAL_DATASETS = (
     "flux_table",
     "phot",
     "phot_err",
+    "source_mask",
 )  # may be absent; checked and hashed when present
 _REBUILD = "rebuild it with `python -m study.data convert` or `python -m study.data universe`"
 
@@ -178,6 +183,7 @@ def _structure(f: h5py.File, p: Path) -> DatasetInfo:
         "flux_table": (n, 5, c),
         "phot": (n, 5),
         "phot_err": (n, 5),
+        "source_mask": (n, IMAGE_SHAPE[1], IMAGE_SHAPE[2] // 8),  # packed bits
     }
     for name, shape in expect.items():
         if name in f and f[name].shape != shape:
@@ -204,6 +210,7 @@ def _structure(f: h5py.File, p: Path) -> DatasetInfo:
         pixel_scale_arcsec=float(f.attrs["pixel_scale_arcsec"]),
         truth_fields=truth,
         has_phot="phot" in f,
+        has_masks="source_mask" in f,
         flux_table_source=_table_source(f),
         flux_table_fit_from=_str_attr(f, "flux_table_fit_from"),
     )
@@ -344,6 +351,7 @@ def load_split(
     split: str,
     device: str | torch.device = "cpu",
     image_dtype: torch.dtype | None = None,
+    masks: bool = False,
 ) -> SplitData:
     """Load one split onto ``device`` in one go, reading the file in blocks of READ_ROWS rows.
 
@@ -352,6 +360,7 @@ def load_split(
         split: "train", "val" or "test".
         device: where the tensors live (the whole split stays there during training).
         image_dtype: torch.float32 (default) or torch.float16 for ``images`` (half the memory).
+        masks: also load ``source_mask`` (packed, (n, 64, 8) uint8); a UserError without one.
     """
     import torch
 
@@ -370,10 +379,21 @@ def load_split(
         if info.has_flux_table:
             table = torch.empty((n, 5, info.n_bins), dtype=torch.float32, device=device)
             _gather(f["flux_table"], index, table, p)
+        packed = None
+        if masks:
+            if not info.has_masks:
+                raise UserError(
+                    f"{p}: dataset 'source_mask' is missing (augment.background=segmentation "
+                    "needs it); add it with `python -m study.data masks FILE`"
+                )
+            packed = torch.empty((n, *f["source_mask"].shape[1:]), dtype=torch.uint8, device=device)
+            _gather(f["source_mask"], index, packed, p)
         zs = torch.from_numpy(f["zs"][:][index].astype(np.float32)).to(device)
         ebv = torch.from_numpy(f["ebv"][:][index]).to(device)
         ids = f["id"][:][index]
-    return SplitData(images=images, ebv=ebv, zs=zs, flux_table=table, ids=ids, index=index)
+    return SplitData(
+        images=images, ebv=ebv, zs=zs, flux_table=table, ids=ids, index=index, masks=packed
+    )
 
 
 def _gather(ds: h5py.Dataset, index: np.ndarray, out: torch.Tensor, p: Path) -> None:
@@ -427,7 +447,8 @@ def resplit(
 ) -> Path:
     """Copy ``src`` to a new file ``out`` with the split redrawn from ``data_seed``.
 
-    Every dataset is carried over as it is (``phot``/``phot_err`` too, when ``src`` has them).
+    Every dataset is carried over as it is (``phot``/``phot_err`` and ``source_mask`` too, when
+    ``src`` has them).
     """
     src, out = Path(src), refuse_existing(out, overwrite=overwrite, source=src)
     info = read_info(src)
@@ -444,6 +465,7 @@ def resplit(
             image_dtype=info.image_dtype,
             with_flux_table=info.has_flux_table,
             with_phot=info.has_phot,
+            with_masks=info.has_masks,
             truth=truth,
             overwrite=overwrite,
             flux_table_source=info.flux_table_source,
@@ -454,6 +476,7 @@ def resplit(
                 rows = slice(s, s + READ_ROWS)
                 table = f["flux_table"][rows] if info.has_flux_table else None
                 phot = {k: f[k][rows] for k in ("phot", "phot_err")} if info.has_phot else {}
+                mask = {"source_mask": f["source_mask"][rows]} if info.has_masks else {}
                 writer.write(
                     s,
                     images=f["images"][rows],
@@ -465,6 +488,7 @@ def resplit(
                     flux_table=table,
                     truth={k: f[f"truth/{k}"][rows] for k in info.truth_fields},
                     **phot,
+                    **mask,
                 )
     return out
 

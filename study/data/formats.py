@@ -31,7 +31,9 @@ file's ``flux_table_source`` (and ``flux_table_fit_from``) say which.
 cast to ``image_dtype``) by ``study.data.aperture.measure`` with ``gain=None``: real cutouts
 carry no gain (electrons per nanomaggy) here, so ``phot_err`` is the background-limited error,
 without the source's own Poisson noise (too small for bright galaxies); ``python -m study.data
-photometry --gain`` on a copy without them measures again with a known gain.
+photometry --gain`` on a copy without them measures again with a known gain. ``source_mask``
+(the central source's segment, ``study.data.masks``) is computed from the same stored cutouts,
+unless ``masks=False`` (``--no-masks``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import h5py
 import numpy as np
 
 from study.data import aperture
+from study.data import masks as mask_mod
 from study.data.dataset import DatasetWriter, draw_split
 from study.data.layout import (
     BANDS,
@@ -357,6 +360,7 @@ def convert(
     z_max: float = 0.4,
     chunk: int = 1024,
     progress: bool = True,
+    masks: bool = True,
 ) -> Path:
     """Convert a public-layout file to photoz-study/1; every input check runs before any writing.
 
@@ -367,6 +371,8 @@ def convert(
         spectra: a spectra file: the flux table from them (``flux_table`` "spectra" or None).
         flux_table: None (a table only with ``spectra``), "spectra" (needs ``spectra``) or
             "templates" (kcorrect templates fitted to the catalogue ``flux``, else to ``phot``).
+        masks: compute ``source_mask`` (``study.data.masks``) chunk by chunk; False leaves it
+            out (add it later with ``python -m study.data masks``).
     """
     from tqdm import tqdm
 
@@ -412,6 +418,7 @@ def convert(
         image_dtype=image_dtype,
         with_flux_table=flux_table is not None,
         with_phot=True,
+        with_masks=masks,
         overwrite=overwrite,
         flux_table_source=flux_table,
         flux_table_fit_from=fit_from,
@@ -435,6 +442,11 @@ def convert(
             stored = images.astype(image_dtype, copy=False)  # measured as the file keeps them
             with np.errstate(over="ignore", invalid="ignore"):  # a float16 overflow is
                 phot, phot_err = aperture.measure(stored)  # reported by the writer just below
+            packed = None
+            if masks:  # (an overflowed float16 chunk is refused by the writer: no masks needed)
+                finite = np.isfinite(stored).all()
+                packed = mask_mod.pack(mask_mod.measure_masks(stored)) if finite else None
+                packed = np.zeros((len(stored), 64, 8), np.uint8) if packed is None else packed
             if fit_from is not None:
                 flux, err = (src.flux[rows], None) if fit_from == "flux" else (phot, phot_err)
                 table = templates.table_for_rows(
@@ -451,6 +463,7 @@ def convert(
                 flux_table=table,
                 phot=phot,
                 phot_err=phot_err,
+                source_mask=packed,
             )
             bar.update(stop - start)
             start = stop

@@ -51,3 +51,27 @@ PHOT_ATTRS = {
         "annulus (study.data.aperture)"
     ),
 }
+
+# The central source's segment (study.data.masks computes it; the writer stores it with these)
+MASK = "source_mask"
+DETECT_FWHM_PX = 3.5  # Gaussian smoothing of the detection image: SDSS median seeing, 1.4"
+DETECT_NSIGMA = 1.5  # detection threshold, in the smoothed detection image's clipped std
+N_PIXELS = 10  # smallest source, connected pixels (photutils n_pixels)
+N_LEVELS = 32  # deblending thresholds (photutils' default)
+CONTRAST = 0.001  # smallest flux fraction of a deblended component (photutils' default)
+# radius of the dilation disk: DILATE_PX + DILATE_SCALE x the segment's equivalent radius
+# sqrt(area / pi): the PSF's FWHM, and the faint outskirts below the threshold, which grow with the
+# galaxy (a fixed 7 px disk left a median 2.6% of a universe galaxy's r light outside its mask,
+# 99% held for 14% of galaxies; this one: README "Source masks")
+DILATE_PX = 3.5
+DILATE_SCALE = 1.5
+MASK_ATTRS = {
+    "packing": "np.packbits(mask, axis=-1): (N, 64, 8) uint8, bit order big (pixel 0 = bit 7)",
+    "method": (
+        f"photutils detect_sources ({DETECT_NSIGMA:g} sigma, {N_PIXELS} px) on the band-summed "
+        f"S/N image smoothed by a {DETECT_FWHM_PX:g} px FWHM Gaussian; deblend_sources "
+        f"({N_LEVELS} levels, contrast {CONTRAST:g}) of the segment at (32, 32); that segment "
+        f"dilated by a disk of {DILATE_PX:g} px + {DILATE_SCALE:g} x its equivalent radius, "
+        "outside other segments (study.data.masks)"
+    ),
+}

@@ -41,10 +41,13 @@ class Batch(NamedTuple):
     # (B, 5, 2) float64 sigma-clipped background mean and std of each band
     # (``augment.background_stats``), when the trainer computed them for the split
     background: torch.Tensor | None = None
+    # (B, 64, 8) uint8 packed central-source masks (``source_mask``), when the split has them
+    # (the segmentation mode of background resampling); ``augment.unpack_bits`` unpacks them
+    masks: torch.Tensor | None = None
 
 
 def _fields(split: SplitData, background: torch.Tensor | None) -> list[torch.Tensor | None]:
-    return [split.images, split.ebv, split.zs, split.flux_table, background]
+    return [split.images, split.ebv, split.zs, split.flux_table, background, split.masks]
 
 
 def resident_batches(
@@ -68,19 +71,20 @@ def resident_batches(
     for idx in index_batches:
         idx = idx.to(device, non_blocking=True)
         images, ebv, zs = (t.index_select(0, idx) for t in (split.images, split.ebv, split.zs))
-        table, bg = (
-            None if t is None else t.index_select(0, idx) for t in (split.flux_table, background)
+        table, bg, masks = (
+            None if t is None else t.index_select(0, idx)
+            for t in (split.flux_table, background, split.masks)
         )
         if image_dtype is not None:
             images = images.to(image_dtype)
-        yield Batch(images, ebv, zs, table, bg)
+        yield Batch(images, ebv, zs, table, bg, masks)
 
 
 def pin_split(split: SplitData) -> SplitData:
     """The split with its host tensors copied once into page-locked memory (needs CUDA)."""
     import dataclasses
 
-    names = ("images", "ebv", "zs", "flux_table")
+    names = ("images", "ebv", "zs", "flux_table", "masks")
     pinned = {n: getattr(split, n).pin_memory() for n in names if getattr(split, n) is not None}
     return dataclasses.replace(split, **pinned)
 
@@ -181,9 +185,9 @@ def streamed_batches(
                         t.record_stream(stream)
             elif image_dtype is not None and tensors[0] is not None:
                 tensors[0] = tensors[0].to(image_dtype)
-            images, ebv, zs, table, bg = tensors
+            images, ebv, zs, table, bg, masks = tensors
             assert images is not None and ebv is not None and zs is not None
-            yield Batch(images, ebv, zs, table, bg)
+            yield Batch(images, ebv, zs, table, bg, masks)
     finally:
         for f in pending:
             f.cancel()

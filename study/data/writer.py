@@ -25,6 +25,8 @@ from study.data.layout import (
     FLUX_TABLE_SOURCES,
     FORMAT,
     IMAGE_SHAPE,
+    MASK,
+    MASK_ATTRS,
     MEASURED,
     PHOT_ATTRS,
     SOURCES,
@@ -34,7 +36,7 @@ from study.files import refuse_existing, temporary_path
 
 IMAGE_CHUNK = 32  # galaxies per HDF5 chunk of `images`: 32 x 80 KiB = 2.6 MB (float32)
 READ_ROWS = 4096  # galaxies per read when scanning or loading: ~330 MB of float32 images
-CORE_DATASETS = (  # every file has these; flux_table, phot/phot_err and truth/ are optional
+CORE_DATASETS = (  # every file has these; flux_table, phot/phot_err, source_mask, truth/ optional
     "images",
     "zs",
     "ebv",
@@ -138,6 +140,7 @@ class DatasetWriter:
         overwrite: bool = False,
         flux_table_source: str | None = None,
         flux_table_fit_from: str | None = None,
+        with_masks: bool = False,
     ) -> None:
         self.path = refuse_existing(path, overwrite=overwrite)
         if n < 1:
@@ -177,6 +180,9 @@ class DatasetWriter:
             for name in MEASURED:
                 self.specs[name] = ((n, 5), np.dtype("<f4"), None)
                 self.dataset_attrs[name] = PHOT_ATTRS
+        if with_masks:  # (n, 64, 8) packed bits, study.data.masks
+            self.specs[MASK] = ((n, IMAGE_SHAPE[1], IMAGE_SHAPE[2] // 8), np.dtype("u1"), None)
+            self.dataset_attrs[MASK] = MASK_ATTRS
         for name, (shape, dtype) in sorted((truth or {}).items()):
             self.specs[f"truth/{name}"] = ((n, *tuple(shape)), np.dtype(dtype), None)
         self.tmp = temporary_path(self.path)
@@ -209,6 +215,7 @@ class DatasetWriter:
         phot: np.ndarray | None = None,
         phot_err: np.ndarray | None = None,
         truth: dict[str, np.ndarray] | None = None,
+        source_mask: np.ndarray | None = None,
     ) -> None:
         """Write rows ``[start, start + len(zs))``; arrays are cast to the stored dtypes."""
         assert self.file is not None, "use DatasetWriter as a context manager"
@@ -223,6 +230,10 @@ class DatasetWriter:
             if phot is None or phot_err is None:
                 raise ValueError("this writer has phot/phot_err: pass phot= and phot_err=")
             rows |= {"phot": phot, "phot_err": phot_err}
+        if MASK in self.specs:
+            if source_mask is None:
+                raise ValueError("this writer has source_mask: pass source_mask= (packed bits)")
+            rows[MASK] = source_mask
         for name, value in (truth or {}).items():
             rows[f"truth/{name}"] = value
         missing = [k for k in self.specs if k not in rows]
@@ -373,11 +384,13 @@ def write_dataset(
     phot: np.ndarray | None = None,
     phot_err: np.ndarray | None = None,
     truth: dict[str, np.ndarray] | None = None,
+    source_mask: np.ndarray | None = None,
     **kwargs: Any,
 ) -> Path:
     """Write a whole dataset in one chunk (small sets and tests); kwargs go to DatasetWriter.
 
-    ``phot`` and ``phot_err`` come together (``aperture.measure(images)``) or not at all.
+    ``phot`` and ``phot_err`` come together (``aperture.measure(images)``) or not at all;
+    ``source_mask`` is packed bits (``masks.pack(masks.measure_masks(images))``).
     """
     if (phot is None) != (phot_err is None):
         raise ValueError("phot and phot_err come together: pass both or neither")
@@ -390,6 +403,7 @@ def write_dataset(
         data_seed=data_seed,
         with_flux_table=flux_table is not None,
         with_phot=phot is not None,
+        with_masks=source_mask is not None,
         truth=truth_spec,
         **kwargs,
     ) as w:
@@ -405,6 +419,7 @@ def write_dataset(
             phot=phot,
             phot_err=phot_err,
             truth=truth,
+            source_mask=source_mask,
         )
     return Path(path)
 

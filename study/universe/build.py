@@ -5,7 +5,8 @@ Blanton et al. (2003) luminosity function over Planck18 volumes with the r < 17.
 cut (``population.py``), kcorrect template SEDs through the SDSS filters (``sed.py``), and
 bulge + disk cutouts with PSF, sky and noise (``render.py``); ``phot``/``phot_err`` are the
 aperture photometry of those noisy cutouts (``study.data.aperture.measure`` with the
-renderer's gain), what a catalogue-based peer is given.
+renderer's gain), what a catalogue-based peer is given; ``source_mask`` is each cutout's central
+source segment (``study.data.masks``), for the segmentation mode of background resampling.
 
 Determinism: galaxies come in fixed blocks of 1024, each with its own random streams keyed by
 ``(seed, block)``; all batched math runs per fixed block, single-threaded, with no BLAS; every
@@ -44,6 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from study.data import aperture
+from study.data import masks as masks_mod
 from study.data.dataset import DatasetWriter, draw_split
 from study.data.layout import bin_centers, bin_edges
 from study.errors import UserError
@@ -58,7 +60,9 @@ if TYPE_CHECKING:
 # bump when the physics or the file's contents change: cached universes are keyed by it.
 # 3: the file now carries phot/phot_err (aperture photometry of its own noisy cutouts); a
 # cached v2 file has none, and the peers need them
-VERSION = 3
+# 4: the file carries source_mask (the central source's segment, study.data.masks); images, zs
+# and every other dataset are the bytes of v3 for the same seed
+VERSION = 4
 DEFAULT_RANGE = (3800.0, 9200.0)  # A, the SDSS spectrograph
 BLOCK = pop_mod.BLOCK
 CATALOGUE_TRUTH: dict[str, tuple[tuple[int, ...], str]] = {
@@ -142,6 +146,15 @@ def make_block(
         out["images"] = image_out
         out |= {f"truth/{k}": v for k, v in obs.items()}
         out |= _photometry(image_out[: min(n_images, BLOCK)])
+        out["source_mask"] = _masks(image_out[: min(n_images, BLOCK)])
+    return out
+
+
+def _masks(images: np.ndarray) -> np.ndarray:
+    """``source_mask`` (BLOCK, 64, 8) packed central-source masks of a block's rendered cutouts
+    (as stored), empty past them; each row depends on its own cutout alone."""
+    out = np.zeros((BLOCK, 64, 8), np.uint8)
+    out[: len(images)] = masks_mod.pack(masks_mod.measure_masks(images))
     return out
 
 
@@ -200,6 +213,7 @@ def warm_tables(table: tuple | None) -> None:
     pop_mod.population()
     render_mod.renderer()
     aperture.masks()  # imports photutils (~1 CPU-s) once here, not in every worker
+    masks_mod.warm()  # and photutils.segmentation, scikit-image
 
 
 def _work(args: tuple) -> dict[str, np.ndarray]:
@@ -356,6 +370,7 @@ def build_universe(
         image_dtype=image_dtype,
         with_flux_table=True,
         with_phot=True,
+        with_masks=True,
         truth=CATALOGUE_TRUTH | IMAGE_TRUTH,
         overwrite=overwrite,
         flux_table_source="synthetic-exact",
@@ -389,6 +404,7 @@ def _write(
         flux_table=rows["flux_table"],
         phot=rows["phot"],
         phot_err=rows["phot_err"],
+        source_mask=rows["source_mask"],
         truth={k[6:]: v for k, v in rows.items() if k.startswith("truth/")},
     )
 
