@@ -150,6 +150,8 @@ def build_report(
         "timings": figs.timings,
         "figures": [n for n, _ in figs.figures],
         "cde_training": tables.cde_training.to_dict(orient="records"),
+        "backgrounds": backgrounds(study, tables.frame),
+        "flux_tables": flux_tables(study, tables.frame),
     }
     if (line := halving_line(study)) is not None:
         summary["halving"] = line
@@ -499,6 +501,7 @@ def render_page(study: Study, tables: Tables, figs: Figures, seconds: float) -> 
         plotlyjs=Markup(get_plotlyjs()),
         runs=_runs(study),
         backgrounds=backgrounds(study, tables.frame),
+        flux_tables=flux_tables(study, tables.frame),
         seconds=seconds,
         verdict=verdict_view(tables),
         questions=questions(paired),
@@ -594,6 +597,33 @@ def backgrounds(study: Study, frame: pd.DataFrame) -> dict[str, str]:
         loss = (cfg or {}).get("loss") or {}
         augmenting = bool(loss.get("augment")) or float(loss.get("g_inv", 0) or 0) > 0
         out[label] = run_background(cfg or {}) if augmenting else "none"
+    return out
+
+
+def flux_tables(study: Study, frame: pd.DataFrame) -> dict[str, str]:
+    """Each label's flux table T (its first run's data file): ``flux_table_source`` (spectra,
+    templates with what they were fitted to, synthetic-exact), or ``unused`` where g_flux = 0."""
+    import h5py
+    import yaml
+
+    from analysis.results import run_dataset
+
+    out = {}
+    for label, row in _first_runs(frame).items():
+        run_dir = study.run_dir(row)
+        path = run_dir / "config.yaml"
+        cfg = (yaml.safe_load(path.read_text()) if path.is_file() else {}) or {}
+        if float(((cfg.get("loss") or {}).get("g_flux", 0)) or 0) == 0:
+            out[label] = "unused"
+            continue
+        try:
+            with h5py.File(run_dataset(cfg, run_dir), "r") as f:
+                source = str(f.attrs.get("flux_table_source", "unknown"))
+                fit = f.attrs.get("flux_table_fit_from")
+        except (OSError, UserError):
+            out[label] = "unknown (data file not found)"
+            continue
+        out[label] = f"{source} (fitted to {fit})" if fit is not None else source
     return out
 
 

@@ -96,6 +96,13 @@ def test_report_on_fake_ablation(tmp_path, capsys):
     # every group's background mode is named (issue 13): none without augmentation
     assert "baseline none; baseline_aug threshold; constrained threshold" in page
     assert "D4 + background (threshold) resamplings" in page
+    # and its flux table, as the data file records it (issue 13): only where g_flux > 0
+    with h5py.File(study / "data.h5", "r") as f:
+        source = str(f.attrs["flux_table_source"])
+    assert f"baseline unused; baseline_aug unused; constrained {source}." in page
+    summary = json.loads((study / "report" / "report.json").read_text())
+    assert summary["flux_tables"]["constrained"] == source
+    assert summary["backgrounds"]["baseline"] == "none"
     paired = pd.read_csv(study / "report" / "paired.csv")
     assert set(paired["reference"]) == {"baseline", "baseline_aug"} and (paired["n"] == 2).all()
     _check_peers(study, page, ("knn",), n_seeds=2)
