@@ -43,9 +43,16 @@ from study.config import GROUPS, PRESETS, Config, make_config
 from study.data.dataset import SplitData
 from study.data.stream import Batch, resident_batches, streamed_batches
 from study.errors import UserError
-from study.losses import flux_loss, flux_loss_reference, loss_terms, total_loss, weights_of
+from study.losses import flux_loss, flux_loss_reference, total_loss, weights_of
 from study.machine import pick_device
-from study.train import TERMS, augmented_views, setup_training, torch_settings, train_step
+from study.train import (
+    TERMS,
+    augmented_views,
+    batch_terms,
+    setup_training,
+    torch_settings,
+    train_step,
+)
 
 # SDSS spectrograph: 3800-9200 A on a log-lambda grid of 1e-4 dex (3,840 pixels), the grid
 # the paper's in-graph integrals ran on.
@@ -111,16 +118,7 @@ def joint_step(
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda and cfg.run.amp):
         both = step_model(torch.cat([first, view]), torch.cat([batch.ebv, batch.ebv]))
     logits, logits_view = both.chunk(2)  # (B, C) each
-    terms = loss_terms(
-        logits,
-        batch.zs,
-        edges,
-        model,
-        flux_table=batch.flux_table,
-        logits_view=logits_view,
-        target_sigma=cfg.loss.target_sigma,
-        cde_scale=cfg.loss.cde_scale,
-    )
+    terms = batch_terms(logits, logits_view, batch, edges, model, cfg)
     total = total_loss(terms, weights_of(cfg.loss))
     opt.zero_grad(set_to_none=True)
     total.backward()

@@ -447,7 +447,25 @@ def train_step(
     with _autocast(x.device, cfg):
         logits = step_model(first, batch.ebv)  # (B, C)
         logits_view = step_model(view, batch.ebv) if view is not None else None
-    terms = loss_terms(
+    terms = batch_terms(logits, logits_view, batch, edges, model, cfg)
+    total = total_loss(terms, weights_of(cfg.loss))
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    opt.step()
+    return torch.stack([terms[k].detach().float() for k in TERMS[:-1]] + [total.detach()])
+
+
+def batch_terms(
+    logits: torch.Tensor,
+    logits_view: torch.Tensor | None,
+    batch: Batch,
+    edges: torch.Tensor,
+    model: torch.nn.Module,
+    cfg: Config,
+) -> dict[str, torch.Tensor]:
+    """Every SPEC 2 term of a batch's logits (``study.losses.loss_terms``) with the run's loss
+    settings; the one call the step and ``benchmarks.step`` share, so they cannot drift."""
+    return loss_terms(
         logits,
         batch.zs,
         edges,
@@ -457,11 +475,6 @@ def train_step(
         target_sigma=cfg.loss.target_sigma,
         cde_scale=cfg.loss.cde_scale,
     )
-    total = total_loss(terms, weights_of(cfg.loss))
-    opt.zero_grad(set_to_none=True)
-    total.backward()
-    opt.step()
-    return torch.stack([terms[k].detach().float() for k in TERMS[:-1]] + [total.detach()])
 
 
 def augmented_views(
