@@ -95,6 +95,9 @@ class Tables:
     # cde_training.csv (and report.json's cde_training): per label, the scale its CDE training
     # term was on and its weight in both units (issue 13; the metric cde_loss is density)
     cde_training: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # per label, read once from its first run: background mode, flux table (page and report.json)
+    backgrounds: dict[str, str] = field(default_factory=dict)
+    flux_tables: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,8 +153,8 @@ def build_report(
         "timings": figs.timings,
         "figures": [n for n, _ in figs.figures],
         "cde_training": tables.cde_training.to_dict(orient="records"),
-        "backgrounds": backgrounds(study, tables.frame),
-        "flux_tables": flux_tables(study, tables.frame),
+        "backgrounds": tables.backgrounds,
+        "flux_tables": tables.flux_tables,
     }
     if (line := halving_line(study)) is not None:
         summary["halving"] = line
@@ -242,6 +245,8 @@ def make_tables(study: Study, best: int, peers: StudyPeers | None = None) -> Tab
         peers=peers,
         pareto=pareto(study),
         cde_training=cde_training(study, frame),
+        backgrounds=backgrounds(study, frame),
+        flux_tables=flux_tables(study, frame),
     )
 
 
@@ -500,8 +505,8 @@ def render_page(study: Study, tables: Tables, figs: Figures, seconds: float) -> 
         name=study.path.name,
         plotlyjs=Markup(get_plotlyjs()),
         runs=_runs(study),
-        backgrounds=backgrounds(study, tables.frame),
-        flux_tables=flux_tables(study, tables.frame),
+        backgrounds=tables.backgrounds,
+        flux_tables=tables.flux_tables,
         seconds=seconds,
         verdict=verdict_view(tables),
         questions=questions(paired),
