@@ -285,6 +285,17 @@ def run(args: argparse.Namespace) -> int:
                 (study_dir / st.JOURNAL).unlink(missing_ok=True)
             tuner = st.make_tuner(settings, space)
         results = tuner.fit()
+        for _ in range(settings.get("max_failures", 2)):
+            lost = st.lost_to_infrastructure(results.errors)
+            if not lost or len(lost) < len(results.errors):
+                break
+            print(
+                f"{len(lost)} trial(s) lost with their worker or node; resuming them from "
+                "their checkpoints",
+                file=sys.stderr,
+                flush=True,
+            )
+            results = st.restore_tuner(settings).fit()
         frame = st.write_results(study_dir)
         _record_devices(study_dir, frame)
         print(st.summary(frame, space), flush=True)

@@ -377,6 +377,31 @@ def restore_tuner(settings: dict[str, Any]) -> Any:
     )
 
 
+def lost_to_infrastructure(errors: list[BaseException]) -> list[BaseException]:
+    """The errors of trials whose actor died or became unreachable (a killed worker process, a
+    lost node), as opposed to an exception raised by the training code.
+
+    Tune retries such a trial from its checkpoint up to ``max_failures`` times, but Ray 2.60 can
+    report one actor's death twice at once (two of its futures fail in one event batch). The
+    first requeues the trial (PENDING); the second, handled while it is PENDING, marks it ERROR
+    whatever retries it has left (``TuneController._process_trial_failure``, seen on a removed
+    node under load: two failures, the same second, ``ActorUnavailableError``). ``study.run``
+    resumes such trials from their checkpoints, as ``--resume`` would. The classes are Tune's
+    own test (``Trial._handle_ray_task_error``): a ``RayTaskError`` counts when its cause is an
+    actor error.
+    """
+    from ray.exceptions import NodeDiedError, RayActorError, RayTaskError, WorkerCrashedError
+
+    infra = (RayActorError, NodeDiedError, WorkerCrashedError)
+
+    def lost(e: BaseException) -> bool:
+        if isinstance(e, RayTaskError):
+            return isinstance(e.cause, infra)
+        return isinstance(e, infra)
+
+    return [e for e in errors if lost(e)]
+
+
 def can_restore(settings: dict[str, Any]) -> bool:
     """Whether the Tune experiment got far enough to be restored (its state file exists)."""
     from ray import tune
