@@ -16,7 +16,7 @@ byte-identical file, and ``content_hash`` depends on content only.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -38,6 +38,8 @@ from study.data.writer import (  # re-exported: the dataset API is one import
     DatasetWriter,
     check_edges,
     content_hash,
+    digest_blocks,
+    digest_dataset,
     draw_split,
     hashed_attrs,
     write_dataset,
@@ -57,6 +59,7 @@ __all__ = [
     "DatasetWriter",
     "SplitData",
     "batch_indices",
+    "digest_dataset",
     "draw_split",
     "load_split",
     "read_info",
@@ -275,11 +278,8 @@ def validate(path: str | os.PathLike, check_hash: bool = True) -> DatasetInfo:
         names = sorted(k for k in (*CORE_DATASETS, *OPTIONAL_DATASETS) if k in f)
         names += [f"truth/{k}" for k in info.truth_fields]
         for name in sorted(names):
-            h = hashlib.sha256()
-            for s, a in _blocks(f[name], p):
-                h.update(np.ascontiguousarray(a).tobytes())
-                _check_rows(p, name, s, a, edges)
-            hashes[name] = h
+            check = functools.partial(_check_rows, p, name, edges=edges)
+            hashes[name] = digest_blocks(_blocks(f[name], p), check)
         counts = info.split_counts
         for split, k in counts.items():
             if k == 0:
@@ -517,19 +517,6 @@ def amend_copy(
     finally:
         tmp.unlink(missing_ok=True)
     return dst
-
-
-def digest_dataset(
-    ds: h5py.Dataset, on_block: Callable[[int, np.ndarray], None] | None = None
-) -> Any:
-    """SHA-256 of a dataset's bytes read in blocks (as ``validate`` hashes them)."""
-    h = hashlib.sha256()
-    for s in range(0, ds.shape[0], READ_ROWS):
-        block = np.ascontiguousarray(ds[s : s + READ_ROWS])
-        h.update(block.tobytes())
-        if on_block is not None:
-            on_block(s, block)
-    return h
 
 
 def file_content_hash(f: h5py.File, digests: dict[str, Any]) -> str:
