@@ -22,6 +22,7 @@ from scipy import stats as sstats
 
 from analysis.results import Predictions
 from study.data.layout import bin_centers
+from study.metrics import point_estimate
 
 COLORS = {
     "baseline": "#1f77b4",
@@ -194,7 +195,7 @@ def zp_zs(
 
 def augmentation_spread(p: np.ndarray, edges: np.ndarray) -> float:
     """Appendix H's spread: the mean over galaxies of the std over draws of zp; p (G, D, C)."""
-    return float(np.mean(np.std(p @ bin_centers(edges), axis=1)))
+    return float(np.mean(np.std(point_estimate(p, edges), axis=1)))
 
 
 def augmentation_cdes(
