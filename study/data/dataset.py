@@ -45,7 +45,7 @@ from study.data.writer import (  # re-exported: the dataset API is one import
     write_dataset,
 )
 from study.errors import UserError
-from study.files import refuse_existing, temporary_path
+from study.files import atomic_write, refuse_existing
 
 __all__ = [
     "BANDS",
@@ -505,17 +505,16 @@ def amend_copy(
     they were.
     """
     src, dst = Path(src), Path(dst)
-    tmp = temporary_path(dst)
-    try:
+
+    def amended(tmp: Path) -> None:
         shutil.copyfile(src, tmp)
         with h5py.File(tmp, "r+") as f:
             edit(f)
         validate(tmp)  # what is renamed into place is a valid file, hash included
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(dst, amended)
     return dst
 
 
