@@ -36,6 +36,7 @@ from torch import nn
 from study import losses
 from study.data.stream import Batch
 from study.errors import UserError
+from study.files import refuse_nonempty_dir
 from study.machine import pick_device
 
 TERMS = ("ce", "flux", "inv", "cde", "l2", "total")
@@ -350,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         out = args.out or args.run_dir / "landscape"
-        if out.exists() and any(out.iterdir()) and not args.force:
-            raise UserError(f"{out}: exists and is not empty; pass --force or another --out")
+        if not args.force:
+            refuse_nonempty_dir(out, "pass --force or another --out")
         if args.grid < 3 or args.points < 3:
             raise UserError("--grid/--points: need at least 3 points per axis")
         res = run_landscape(
