@@ -157,7 +157,7 @@ def _structure(f: h5py.File, p: Path) -> DatasetInfo:
     if fmt != FORMAT:
         raise UserError(f"{p}: attribute 'format' is {fmt!r}, expected {FORMAT!r}; {_REBUILD}")
     if f.attrs["bands"] != BANDS:
-        raise UserError(f"{p}: attribute 'bands' is {f.attrs['bands']!r}, expected 'ugriz'")
+        raise UserError(f"{p}: attribute 'bands' is {f.attrs['bands']!r}, expected {BANDS!r}")
     edges = check_edges(f.attrs["bin_edges"], str(p))
     for name in (*CORE_DATASETS, *OPTIONAL_DATASETS):
         if name not in f:
