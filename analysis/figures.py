@@ -22,6 +22,7 @@ from scipy import stats as sstats
 
 from analysis.results import Predictions
 from study.data.layout import bin_centers
+from study.metrics import point_estimate
 
 COLORS = {
     "baseline": "#1f77b4",
@@ -97,7 +98,7 @@ def pit_histograms(pits: Mapping[str, Sequence[np.ndarray]], *, n_bins: int = 25
         )  # fmt: skip
         fig.add_trace(
             go.Bar(
-                x=0.5 * (edges[1:] + edges[:-1]), y=density, width=1 / n_bins,
+                x=bin_centers(edges), y=density, width=1 / n_bins,
                 marker_color=color(g, i), name=g, showlegend=False,
             ),
             row=r, col=c,
@@ -149,7 +150,7 @@ def zp_zs(
         zmax = float(pr.edges[-1])
         bins = np.linspace(0, zmax, 61)
         h, _, _ = np.histogram2d(pr.zs, pr.zp, bins=[bins, bins])
-        centers = 0.5 * (bins[1:] + bins[:-1])
+        centers = bin_centers(bins)
         fig.add_trace(
             go.Heatmap(
                 x=centers, y=centers, z=np.where(h.T > 0, np.log10(np.maximum(h.T, 1)), np.nan),
@@ -194,7 +195,7 @@ def zp_zs(
 
 def augmentation_spread(p: np.ndarray, edges: np.ndarray) -> float:
     """Appendix H's spread: the mean over galaxies of the std over draws of zp; p (G, D, C)."""
-    return float(np.mean(np.std(p @ bin_centers(edges), axis=1)))
+    return float(np.mean(np.std(point_estimate(p, edges), axis=1)))
 
 
 def augmentation_cdes(

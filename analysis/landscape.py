@@ -34,7 +34,9 @@ import torch
 from torch import nn
 
 from study import losses
+from study.data.stream import Batch
 from study.errors import UserError
+from study.files import refuse_nonempty_dir
 from study.machine import pick_device
 
 TERMS = ("ce", "flux", "inv", "cde", "l2", "total")
@@ -161,8 +163,8 @@ def summarize_frame(slice1d: pd.DataFrame, **kwargs) -> pd.DataFrame:
 class LandscapeBatch:
     """The fixed galaxies a landscape is evaluated on (all on one device)."""
 
-    images: torch.Tensor  # (N, 5, 64, 64) nanomaggies
-    view: torch.Tensor  # (N, 5, 64, 64) one fixed augmented view (D4 + background)
+    images: torch.Tensor  # (N, 5, S, S) nanomaggies, S = the run's model.crop (or any, >= it)
+    view: torch.Tensor  # (N, 5, S, S) one fixed augmented view (D4 + background)
     ebv: torch.Tensor  # (N,)
     zs: torch.Tensor  # (N,)
     flux_table: torch.Tensor | None  # (N, 5, C) or None
@@ -174,7 +176,7 @@ def photoz_evaluator(
     weights: dict[str, float],
     *,
     chunk: int = 256,
-    cde_scale: str = "density",
+    settings: losses.LossSettings | None = None,
 ) -> Evaluator:
     """Evaluator of every loss term and the total: the trainer's own objective, on fixed galaxies.
 
@@ -185,9 +187,11 @@ def photoz_evaluator(
     the weights), the first view is the plain images and the invariance term's view is the
     batch's fixed ``view``. Batch means over all galaxies, computed ``chunk`` galaxies at a time
     and averaged weighted by chunk size (one chunk: exactly the trainer's values).
-    ``cde_scale`` is the run's ``loss.cde_scale`` (``loss_scale(config)``): the ``cde`` term
-    on the scale its weight multiplies.
+    ``settings`` are the run's ``loss_terms`` settings (``loss_settings(config)``, i.e.
+    ``study.losses.settings_of(cfg.loss)``, the trainer's: its target width and CDE scale);
+    None: ``loss_terms``'s defaults (one-hot targets, the density scale).
     """
+    kwargs: dict[str, Any] = dict(settings) if settings is not None else {}
 
     @torch.no_grad()
     def evaluate(model: nn.Module) -> dict[str, float]:
@@ -204,7 +208,7 @@ def photoz_evaluator(
                 model,
                 flux_table=table,  # None: flux is NaN
                 logits_view=model(batch.view[sl], batch.ebv[sl]),
-                cde_scale=cde_scale,
+                **kwargs,
             )
             terms["total"] = losses.total_loss(terms, weights)
             for k, v in terms.items():
@@ -221,11 +225,13 @@ def loss_weights(config: dict) -> dict[str, float]:
     return losses.weights_of(config_from_dict(config).loss)
 
 
-def loss_scale(config: dict) -> str:
-    """The run's CDE training scale (``loss.cde_scale``; density for a run from before it)."""
+def loss_settings(config: dict) -> losses.LossSettings:
+    """The run's ``loss_terms`` settings (``study.losses.settings_of``, as the trainer's
+    ``batch_terms``) from its config dict: ``loss.target_sigma`` and ``loss.cde_scale`` (density
+    for a run from before it)."""
     from study.config import config_from_dict
 
-    return config_from_dict(config).loss.cde_scale
+    return losses.settings_of(config_from_dict(config).loss)
 
 
 def load_batch(
@@ -236,16 +242,27 @@ def load_batch(
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> LandscapeBatch:
-    """The first ``n_galaxies`` test galaxies of the run's dataset and a fixed augmented view."""
+    """The first ``n_galaxies`` test galaxies of the run's dataset and a fixed augmented view.
+
+    Both as the trainer makes them (``study.train.step_inputs``): the images cropped to the
+    run's ``model.crop`` before the augmentation, and the view drawn with the run's
+    ``augment.fill`` and, for ``augment.background=segmentation``, its source masks.
+    """
     from analysis.results import first_test_rows, read_rows, run_dataset
     from study.augment import augment
+    from study.config import config_from_dict
+    from study.train import step_inputs
 
+    cfg = config_from_dict(config)
     path = run_dataset(config, run_dir)
     data = read_rows(path, first_test_rows(path, n_galaxies), device=device)
+    masks = data["masks"] if cfg.augment.background == "segmentation" else None
+    rows = Batch(data["images"], data["ebv"], data["zs"], data["flux_table"], masks=masks)
+    x, keep = step_inputs(rows, data["edges"].device, cfg)
     gen = torch.Generator(device=device).manual_seed(seed)
     return LandscapeBatch(
-        images=data["images"],
-        view=augment(data["images"], gen, fill=config.get("augment", {}).get("fill", "normal")),
+        images=x,
+        view=augment(x, gen, fill=cfg.augment.fill, keep=keep),
         ebv=data["ebv"],
         zs=data["zs"],
         flux_table=data["flux_table"],
@@ -269,7 +286,7 @@ def run_landscape(
     dev = pick_device(device)
     config, model = load_trained_model(run_dir, device=dev)
     batch = load_batch(config, run_dir, n_galaxies=n_galaxies, seed=seed, device=dev)
-    evaluate = photoz_evaluator(batch, loss_weights(config), cde_scale=loss_scale(config))
+    evaluate = photoz_evaluator(batch, loss_weights(config), settings=loss_settings(config))
     gen = torch.Generator().manual_seed(seed)
     d1, d2 = random_direction(model, gen), random_direction(model, gen)
     t0 = time.perf_counter()
@@ -334,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         out = args.out or args.run_dir / "landscape"
-        if out.exists() and any(out.iterdir()) and not args.force:
-            raise UserError(f"{out}: exists and is not empty; pass --force or another --out")
+        if not args.force:
+            refuse_nonempty_dir(out, "pass --force or another --out")
         if args.grid < 3 or args.points < 3:
             raise UserError("--grid/--points: need at least 3 points per axis")
         res = run_landscape(

@@ -12,8 +12,9 @@ galaxies, with a paired bootstrap CI over galaxies (``analysis.verdict``). Then 
 question: the paired difference constrained - baseline_aug on the same seeds. Every run of the
 study also gets its test CDEs as a qp Ensemble (``analysis.export``), where it has none yet.
 
-The parts: ``make_tables`` / ``write_tables`` (the numbers), ``make_figures`` / ``write_figures``,
-and ``render_page``, which fills ``analysis/templates/report.html.j2`` (Jinja2, autoescaped).
+The parts: ``make_tables`` / ``write_tables`` (the numbers, here), ``make_figures`` /
+``write_figures`` (``analysis.report_figures``), and ``render_page`` (``analysis.page``), which
+fills ``analysis/templates/report.html.j2`` (Jinja2, autoescaped) from the page's views.
 """
 
 from __future__ import annotations
@@ -24,47 +25,29 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from markupsafe import Markup
-from plotly.offline import get_plotlyjs
 
-from analysis import figures
+from analysis.page import halving_line, render_page
 from analysis.peers import ESTIMATORS
-from analysis.results import Predictions, Study, load_run_config, load_study, read_bin_edges
-from analysis.stats import format_mean_std, paired_table, pareto_table, summarize, variance_split
+from analysis.report_figures import Figures, first_runs, make_figures, timed, write_figures
+from analysis.results import Study, load_run_config, load_study, read_bin_edges
+from analysis.stats import paired_table, pareto_table, summarize, variance_split
 from analysis.table import (
     COLUMNS,
-    EXTRA_COLUMNS,
-    PAPER_COLUMNS,
-    PEER,
-    TRUTH,
+    KEY_METRICS,
     select_rows,
     table1,
     to_markdown,
 )
-from analysis.verdict import StudyPeers, headline, study_verdict, verdict_rows
+from analysis.verdict import StudyPeers, study_verdict
 from study.config import config_from_dict
 from study.errors import UserError
-from study.halving import LEDGER, trial_epochs
 from study.losses import cde_scale_factor
-from study.machine import pick_device
-
-KEY_METRICS = ("sigma_nmad", "bias", "outlier_frac", "cde_loss", "ks", "coverage_68")
-LANDSCAPE_GALAXIES = 64  # report: a quick 1D slice per group; the full one is analysis.landscape
-QUESTIONS = (
-    ("constrained", "baseline_aug"),
-    ("baseline_aug", "baseline"),
-    ("constrained", "baseline"),
-)
 
 
 def labelled(frame: pd.DataFrame, best: int = 3, **select) -> pd.DataFrame:
@@ -100,16 +83,6 @@ class Tables:
     flux_tables: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class Figures:
-    """The report's figures, in page order, and what the passes behind them left."""
-
-    figures: list[tuple[str, go.Figure]] = field(default_factory=list)
-    landscape: pd.DataFrame = field(default_factory=pd.DataFrame)  # landscape.csv, if any
-    notes: list[str] = field(default_factory=list)  # what was skipped, and why
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per pass
-
-
 def build_report(
     study_dir: str | Path,
     *,
@@ -135,12 +108,12 @@ def build_report(
     study = load_study(study_dir)
     out = _empty_report_dir(study, force)
     timings: dict[str, float] = {}
-    with _timed(timings, "peers_verdict"):
+    with timed(timings, "peers_verdict"):
         the_peers = _peers(study, best, peers, peer_settings, seed)
-    with _timed(timings, "tables"):
+    with timed(timings, "tables"):
         tables = make_tables(study, best, the_peers)
         write_tables(tables, out)
-    with _timed(timings, "qp_export"):
+    with timed(timings, "qp_export"):
         exported = export_runs(study)
     figs = Figures(timings=timings, notes=[*exported])
     make_figures(study, tables, figs, landscape=landscape, augmentations=augmentations,
@@ -324,268 +297,7 @@ def _peers_markdown(peers: StudyPeers) -> str:
     ])  # fmt: skip
 
 
-# ---- the figures -----------------------------------------------------------------------------
-
-
-@contextmanager
-def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    tic = time.perf_counter()
-    yield
-    timings[name] = time.perf_counter() - tic
-
-
-def make_figures(
-    study: Study,
-    tables: Tables,
-    figs: Figures,
-    *,
-    landscape: bool,
-    augmentations: bool,
-    seed: int,
-    device: str,
-) -> None:
-    """Add the report's figures to ``figs``, in page order, timing each pass."""
-    frame = tables.frame
-    firsts = _first_runs(frame)
-    if not tables.pareto.empty:  # several objectives: the search's answer comes first
-        objectives = [(c, m) for c, m in study.objectives() if c in study.frame]
-        figs.figures.append(("pareto_front", figures.pareto_front(tables.pareto, objectives)))
-    with _timed(figs.timings, "pit_zp_zs"):
-        preds = {k: study.predictions(study.run_dir(r)) for k, r in firsts.items()}
-        n_runs = {k: int(g["seed"].nunique()) for k, g in frame.groupby("label")}
-        pits, shown = _pits(study, frame), dict(preds)
-        if tables.peers is not None:  # the best peer beside the groups, in grey
-            key, pred = _peer_panel(tables.peers)
-            pits[key], shown[key] = [_pit(pred)], pred
-        figs.figures.append(("pit", figures.pit_histograms(pits)))
-        figs.figures.append(("zp_zs", figures.zp_zs(shown, n_runs=n_runs, seed=seed)))
-    with _timed(figs.timings, "augmentations"):
-        if augmentations:
-            figs.figures += _augmentation_figs(study, firsts, preds, seed, device, figs.notes)
-    with _timed(figs.timings, "curves_forest_optuna"):
-        figs.figures += _history_figs(study, frame, tables.paired, figs.notes)
-    with _timed(figs.timings, "landscape"):
-        if landscape:
-            fig, figs.landscape = _landscape(study, firsts, seed, device, figs.notes)
-            if fig is not None:
-                figs.figures.append(("landscape_1d", fig))
-
-
-def _pit(pr: Predictions) -> np.ndarray:
-    from study.metrics import pit
-
-    return np.asarray(pit(pr.p, pr.zs, pr.edges))
-
-
-def _pits(study: Study, frame: pd.DataFrame) -> dict[str, list[np.ndarray]]:
-    out: dict[str, list[np.ndarray]] = {}
-    for label, runs in frame.groupby("label", sort=False):
-        for _, row in runs.iterrows():
-            out.setdefault(str(label), []).append(_pit(study.predictions(study.run_dir(row))))
-    return out
-
-
-def _peer_panel(peers: StudyPeers) -> tuple[str, Predictions]:
-    """The best peer's figure panel: ``peer: RAIL FlexZBoost (phot)`` and its CDEs."""
-    return f"peer: {str(peers.best['label']).split(' on ')[0]} ({peers.best['inputs']})", (
-        peers.predictions
-    )
-
-
-def _first_runs(frame: pd.DataFrame) -> dict[str, pd.Series]:
-    return {str(k): g.sort_values("seed").iloc[0] for k, g in frame.groupby("label", sort=False)}
-
-
-def _history_figs(
-    study: Study, frame: pd.DataFrame, paired: pd.DataFrame, notes: list[str]
-) -> list[tuple[str, go.Figure]]:
-    """Learning curves, the paired forest plot and Optuna's own figures, where there is data."""
-    out = []
-    hist = study.history
-    if not hist.empty and {"config_id", "epoch"} <= set(hist.columns):
-        labels = frame.drop_duplicates("config_id").set_index("config_id")["label"]
-        h = hist[hist["config_id"].isin(labels.index)].copy()
-        h["group"] = h["config_id"].map(labels)
-        out.append(("learning_curves", figures.learning_curves(h)))
-    if not paired.empty:
-        out.append(("paired_forest", figures.forest(paired, by="label")))
-    storage = study.optuna_storage()
-    if storage:
-        try:
-            out += list(figures.optuna_figures(storage).items())
-        except Exception as exc:  # a foreign or half-written journal should not sink the report
-            notes.append(f"Optuna figures skipped: {type(exc).__name__}: {exc}")
-    return out
-
-
-def _augmentation_figs(study, firsts, preds, seed, device, notes) -> list[tuple[str, go.Figure]]:
-    from analysis.results import augmented_cdes
-
-    first = next(iter(preds.values()))
-    with __import__("h5py").File(
-        study.run_dir(next(iter(firsts.values()))) / "predictions.h5", "r"
-    ) as f:
-        index = f["index"][...] if "index" in f else None
-    if index is None:
-        notes.append("Appendix H figures skipped: predictions.h5 has no 'index' of data-file rows.")
-        return []
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(first.zs), size=min(12, len(first.zs)), replace=False))
-    out = []
-    modes = backgrounds(study, pd.DataFrame(list(firsts.values())))
-    for label, row in firsts.items():
-        mode = modes.get(label, "none")
-        mode = "threshold" if mode == "none" else mode  # a run without augmentation: the paper's
-        try:
-            p, zs, edges = augmented_cdes(
-                study.run_dir(row), index[pick], n_draws=20, seed=seed, device=pick_device(device),
-                background=mode,
-            )  # fmt: skip
-        except UserError as exc:
-            notes.append(f"Appendix H figure for {label} skipped: {exc}")
-            continue
-        title = f"{label} (seed {int(row['seed'])})"
-        out.append((f"augment_{label}", figures.augmentation_cdes(title, p, zs, edges, mode)))
-    return out
-
-
-def _landscape(study, firsts, seed, device, notes) -> tuple[go.Figure | None, pd.DataFrame]:
-    from analysis import landscape as ls
-
-    slices, rows, n_gal = {}, [], 0
-    for label, row in firsts.items():
-        try:
-            res = ls.run_landscape(
-                study.run_dir(row),
-                points=21,
-                n_galaxies=LANDSCAPE_GALAXIES,
-                seed=seed,
-                device=device,
-                two_d=False,
-            )
-        except UserError as exc:
-            notes.append(f"landscape for {label} skipped: {exc}")
-            continue
-        slices[f"{label} (seed {int(row['seed'])})"] = res["slice1d"]
-        n_gal = res["n_galaxies"]
-        rows.append(res["summary"].assign(label=label, seed=int(row["seed"])))
-    if not slices:
-        return None, pd.DataFrame()
-    return figures.landscape_1d(slices, n_galaxies=n_gal), pd.concat(rows, ignore_index=True)
-
-
-def write_figures(figs: Figures, out: Path, *, png: bool) -> None:
-    """Each figure as ``figures/<name>.html`` (and ``.png``); ``landscape.csv`` if it ran."""
-    with _timed(figs.timings, "write_figures"):
-        if not figs.landscape.empty:
-            figs.landscape.to_csv(out / "landscape.csv", index=False)
-        figdir = out / "figures"
-        for name, fig in figs.figures:
-            figures.save(fig, figdir / name)
-        pngs = [figdir / f"{name}.png" for name, _ in figs.figures]
-        if png and not figures.write_pngs([f for _, f in figs.figures], pngs):
-            figs.notes.append(
-                "PNG export skipped: kaleido could not start Chrome/Chromium "
-                "(apt-get install chromium)."
-            )
-
-
-# ---- the page --------------------------------------------------------------------------------
-
-
-def render_page(study: Study, tables: Tables, figs: Figures, seconds: float) -> str:
-    """``report.html`` from ``templates/report.html.j2``: numbers first, then the figures."""
-    paired, land, summ = tables.paired, figs.landscape, tables.summary
-    paired_view = paired.drop(columns=["seeds"]) if not paired.empty else paired
-    this_study = tables.table1[tables.table1["source"].isin(["this study", PEER, TRUTH])]
-    landscape = None
-    if not land.empty:
-        landscape = {v: _df_html(_pivot(land, v)) for v in ("curvature", "sharpness")}
-    return PAGE.render(
-        name=study.path.name,
-        plotlyjs=Markup(get_plotlyjs()),
-        runs=_runs(study),
-        backgrounds=tables.backgrounds,
-        flux_tables=tables.flux_tables,
-        seconds=seconds,
-        verdict=verdict_view(tables),
-        questions=questions(paired),
-        table1_paper=_table1_view(tables.table1, PAPER_COLUMNS),
-        table1_extra=_table1_view(this_study, EXTRA_COLUMNS),
-        paired=_df_html(paired_view) if not paired_view.empty else None,
-        variance=_df_html(tables.variance),
-        pareto=pareto_view(study, tables.pareto),
-        landscape=landscape,
-        figures=[
-            (name, Markup(fig.to_html(full_html=False, include_plotlyjs=False)))
-            for name, fig in figs.figures
-        ],
-        notes=figs.notes,
-        summary=_df_html(summ[summ["metric"].isin([f"test_{m}" for m in KEY_METRICS])]),
-        cde_training=cde_training_view(tables.cde_training),
-    )
-
-
-def pareto_view(study: Study, table: pd.DataFrame) -> dict[str, Any] | None:
-    """The page's Pareto section: the objectives, and the front's rows then the references'."""
-    if table.empty:
-        return None
-    objectives = [(c, m) for c, m in study.objectives() if c in study.frame]
-    (first, mode), *_ = objectives
-    shown = table[table["pareto"] | table["group"].isin(figures.REFERENCE_GROUPS)]
-    shown = shown.sort_values(["pareto", f"{first}_mean"], ascending=[False, mode == "min"])
-    cells = ["config_id", "group", "g_flux", "g_inv", "g_cde", "lr", "n"]
-    view = shown[[c for c in cells if c in shown]].copy()
-    for c, _ in objectives:
-        view[c] = [
-            format_mean_std(m, s, int(n), digits=3)
-            for m, s, n in zip(shown[f"{c}_mean"], shown[f"{c}_std"], shown["n"], strict=True)
-        ]
-    view["pareto"] = np.where(shown["pareto"], "yes", "no")
-    return {
-        "objectives": [f"{c} ({m}imise)" for c, m in objectives],
-        "n_front": int(table["pareto"].sum()),
-        "n": len(table),
-        "table": _df_html(view),
-    }
-
-
-def cde_training_view(table: pd.DataFrame) -> list[dict[str, str]]:
-    """The page's rows of ``cde_training``: label, scale (or 'no CDE term'), both weights."""
-    return [
-        {
-            "label": r["label"] if r["label"] == r["group"] else f"{r['group']} {r['label']}",
-            "scale": r["cde_scale"]
-            if r["g_cde_density"] != 0
-            else f"no CDE term ({r['cde_scale']})",
-            "g_cde": f"{r['g_cde']:.3g}",
-            "g_cde_density": f"{r['g_cde_density']:.3g}",
-        }
-        for _, r in table.iterrows()
-    ]
-
-
-def verdict_view(tables: Tables) -> dict[str, Any] | None:
-    """The page's first lines: the headline and one row per Table 1 row against the best peer."""
-    if tables.peers is None:
-        return None
-    peers, frame = tables.peers, tables.frame
-    names = {str(k): _row_name(g) for k, g in frame.groupby("label", sort=False)}
-    best = peers.best
-    return {
-        "headline": headline(peers.verdict, str(best["label"])),
-        "peer": str(best["label"]),
-        "n_galaxies": int(peers.verdict["n_galaxies"].iloc[0]),
-        "n_boot": int(peers.verdict["n_boot"].iloc[0]),
-        "rows": verdict_rows(peers.verdict, names),
-        "notes": peers.notes,
-    }
-
-
-def _row_name(runs: pd.DataFrame) -> str:
-    """A label as the verdict names it: the group, or ``search <config_id>``."""
-    group, label = str(runs["group"].iloc[0]), str(runs["label"].iloc[0])
-    return group if group == label else f"{group} {label}"
+# ---- what each label's first run was trained on --------------------------------------------
 
 
 def backgrounds(study: Study, frame: pd.DataFrame) -> dict[str, str]:
@@ -596,7 +308,7 @@ def backgrounds(study: Study, frame: pd.DataFrame) -> dict[str, str]:
     from analysis.results import run_background
 
     out = {}
-    for label, row in _first_runs(frame).items():
+    for label, row in first_runs(frame).items():
         path = study.run_dir(row) / "config.yaml"
         cfg = yaml.safe_load(path.read_text()) if path.is_file() else {}
         loss = (cfg or {}).get("loss") or {}
@@ -614,7 +326,7 @@ def flux_tables(study: Study, frame: pd.DataFrame) -> dict[str, str]:
     from analysis.results import run_dataset
 
     out = {}
-    for label, row in _first_runs(frame).items():
+    for label, row in first_runs(frame).items():
         run_dir = study.run_dir(row)
         path = run_dir / "config.yaml"
         cfg = (yaml.safe_load(path.read_text()) if path.is_file() else {}) or {}
@@ -630,113 +342,6 @@ def flux_tables(study: Study, frame: pd.DataFrame) -> dict[str, str]:
             continue
         out[label] = f"{source} (fitted to {fit})" if fit is not None else source
     return out
-
-
-def _runs(study: Study) -> dict[str, Any]:
-    """The page's first line: what ran, on what, from which commit."""
-    f = study.frame
-    prov = {}
-    if (study.path / "provenance.json").is_file():
-        prov = json.loads((study.path / "provenance.json").read_text())
-    return {
-        "n": len(f),
-        "configurations": f["config_id"].nunique(),
-        "seeds": sorted(int(s) for s in f["seed"].unique()),
-        "groups": study.groups,
-        "kind": "ablation" if study.by == "group" else "search",
-        "devices": sorted(set(map(str, f.get("device", pd.Series(["?"]))))),
-        "git_commit": str(prov.get("git_commit", "?")),
-        "halving": halving_line(study),
-    }
-
-
-def halving_line(study: Study) -> str | None:
-    """A paired-halving study's cost: trial-epochs run against the unpruned study's, or None."""
-    if not (study.path / LEDGER).is_file():
-        return None
-    stopped = study.stopped
-    both = [study.frame.assign(stopped=False), stopped.assign(stopped=True)]
-    ran, unpruned = trial_epochs(pd.concat(both, ignore_index=True))
-    n_stopped = int(stopped["config_id"].nunique()) if len(stopped) else 0
-    n_all = int(study.frame["config_id"].nunique()) + n_stopped
-    rungs = ", ".join(str(int(r)) for r in sorted(set(stopped["epochs"]))) if n_stopped else "-"
-    return (
-        f"Paired early stopping: {ran} trial-epochs run of the {unpruned} an unpruned study "
-        f"would run ({ran / unpruned:.0%}); {n_stopped} of {n_all} configurations stopped, "
-        f"all seeds together, at epoch(s) {rungs} (in frame.parquet, in no table)."
-    )
-
-
-def _excludes_zero(r: pd.Series) -> bool:
-    return bool(np.isfinite(r["ci_low"]) and (r["ci_low"] > 0 or r["ci_high"] < 0))
-
-
-def questions(paired: pd.DataFrame) -> list[dict[str, Any]]:
-    """The paired differences that answer the paper's question, that one first, as shown."""
-    out = []
-    for value, ref in QUESTIONS:
-        sub = paired[(paired["label"] == value) & (paired["reference"] == ref)]
-        if sub.empty:
-            continue
-        n = int(sub["n"].max())
-        note = sub["note"].iloc[0]
-        if n < 5:
-            note += (
-                f"; with n={n} the bootstrap CI is about the range of the per-seed differences "
-                "and undercovers, so read 'excludes 0' as descriptive"
-            )
-        rows = [
-            {
-                "metric": r["metric"].removeprefix("test_"),
-                "mean_diff": f"{r['mean_diff']:+.3g}",
-                "ci": f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}]",
-                "p": f"{r['p_wilcoxon']:.2g}",
-                "excludes_zero": _excludes_zero(r),
-            }
-            for _, r in sub.iterrows()
-        ]
-        n_excluding = sum(r["excludes_zero"] for r in rows)
-        out.append({"value": value, "reference": ref, "n": n, "n_excluding": n_excluding,
-                    "note": note, "rows": rows})  # fmt: skip
-    return out
-
-
-def _table1_view(table: pd.DataFrame, columns) -> dict[str, Any]:
-    """Table 1's header and cells as shown: mean ± std (n), literature values as they are."""
-    rows = []
-    for _, rec in table.iterrows():
-        lit = str(rec["source"]).startswith("literature")
-        peer = rec["source"] in (PEER, TRUTH)
-        cells = [str(rec["row"]), str(rec["source"])]
-        for metric, _, scale in columns:
-            mean, std = rec[f"{metric}_mean"], rec[f"{metric}_std"]
-            if lit or peer:  # one value each: no std, no n
-                cells.append(f"{mean * scale:.3g}" if np.isfinite(mean) else "–")
-            else:
-                cells.append(format_mean_std(mean, std, int(rec[f"{metric}_n"]), scale=scale))
-        kind = "lit" if lit else ("truth" if rec["source"] == TRUTH else "peer" if peer else "ours")
-        rows.append({"kind": kind, "cells": cells})
-    return {"header": ["row", "source"] + [c[1] for c in columns], "rows": rows}
-
-
-def _pivot(land: pd.DataFrame, value: str) -> pd.DataFrame:
-    wide = land.pivot_table(index=["label", "seed"], columns="term", values=value).reset_index()
-    wide.columns.name = None
-    return wide
-
-
-def _df_html(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> Markup:
-    """pandas' HTML table (it escapes the cells), marked safe for the template."""
-    html = df.to_html(index=False, float_format=lambda v: floatfmt.format(v), border=0, na_rep="–")
-    return Markup(html)
-
-
-PAGE = Environment(
-    loader=PackageLoader("analysis", "templates"),
-    autoescape=select_autoescape(["html", "html.j2"]),
-    undefined=StrictUndefined,
-    keep_trailing_newline=True,
-).get_template("report.html.j2")
 
 
 def _estimators(text: str) -> tuple[str, ...]:

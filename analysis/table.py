@@ -41,6 +41,8 @@ COLUMNS: tuple[tuple[str, str, float], ...] = (
 )
 PAPER_COLUMNS = COLUMNS[:5]  # the paper's own Table 1 columns
 EXTRA_COLUMNS = COLUMNS[5:]  # RAIL variants and PIT statistics (no literature values)
+# the test metrics the report's summary, peers table and page show
+KEY_METRICS = ("sigma_nmad", "bias", "outlier_frac", "cde_loss", "ks", "coverage_68")
 PAPER = "PNNL-36313 Table 1"
 PEER = "peer"  # the source of a fair peer's row
 TRUTH = "noiseless synthetic truth, not a peer"  # the source of a truth-flux row

@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 import h5py
 import numpy as np
 
+from benchmarks.timing import Clock
 from study.data import aperture
 
 GALAXY = ("re_bulge_arcsec", "re_disk_arcsec", "q_bulge", "q_disk", "pa_rad", "flux_bulge")
@@ -36,9 +36,9 @@ def rate(path: str, repeats: int, threads: int | None) -> None:
     aperture.measure(images[:64], threads=threads)  # masks built, code warm
     rates = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        aperture.measure(images, threads=threads)
-        rates.append(len(images) / (time.perf_counter() - start))
+        with Clock() as clock:
+            aperture.measure(images, threads=threads)
+        rates.append(len(images) / clock.wall)
     print(f"measure: median {statistics.median(rates):.0f} galaxies/s over {repeats} repeats "
           f"(min {min(rates):.0f}, max {max(rates):.0f})")  # fmt: skip
 

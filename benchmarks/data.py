@@ -25,15 +25,15 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks.timing import device_info, interleaved, summary
+from benchmarks.timing import Clock, device_info, interleaved, summary
 from study.data.dataset import batch_indices, draw_split, load_split, write_dataset
+from study.data.layout import bin_edges
 from study.data.stream import resident_batches, streamed_batches
 from study.errors import UserError
 from study.machine import pick_device
@@ -51,7 +51,7 @@ def write_file(path: Path, n: int, dtype: str, n_bins: int = 180, seed: int = 0)
         amp = rng.uniform(0.5, 5.5, (m, 5, 1, 1)).astype(np.float32)
         noise = rng.normal(0, 0.05, (m, 5, 64, 64)).astype(np.float32)
         images[s : s + m] = amp * np.exp(-r / scale) + noise
-    edges = np.linspace(0.0, 0.4, n_bins + 1)
+    edges = bin_edges(n_bins)
     table = (1.0 + 0.2 * rng.standard_normal((n, 5, n_bins))).astype(np.float32)
     return write_dataset(
         path,
@@ -73,11 +73,9 @@ def time_load(path: Path, device: torch.device, dtype: torch.dtype, repeats: int
     """load_split of the training split: seconds, galaxies/s and image MB/s."""
     secs, n, nbytes = [], 0, 0
     for _ in range(repeats):
-        t = time.perf_counter()
-        split = load_split(path, "train", device, dtype)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        secs.append(time.perf_counter() - t)
+        with Clock(device) as clock:
+            split = load_split(path, "train", device, dtype)
+        secs.append(clock.wall)
         n, nbytes = len(split), split.images.numel() * split.images.element_size()
         del split
     s = summary(secs)
@@ -126,9 +124,11 @@ def time_universe(n: int, workers: int, dtype: str, tmp: Path) -> dict[str, Any]
     """One in-process build_universe of n galaxies: wall seconds and galaxies/s."""
     from study.universe.build import build_universe  # astropy, speclite, kcorrect
 
-    t, c = time.perf_counter(), time.process_time()
-    build_universe(n, 0, tmp / "universe.h5", workers=workers, image_dtype=dtype, progress=False)
-    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    with Clock() as clock:
+        build_universe(
+            n, 0, tmp / "universe.h5", workers=workers, image_dtype=dtype, progress=False
+        )
+    wall, cpu = clock.wall, clock.cpu
     return {
         "n": n,
         "workers": workers,

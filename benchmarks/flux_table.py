@@ -14,10 +14,11 @@ import argparse
 import os
 import platform
 import statistics
-import time
 
 import numpy as np
 
+from benchmarks.timing import Clock
+from study.data.layout import bin_centers, bin_edges
 from study.data.photometry import MAX_THREADS, band_fluxes, flux_table
 
 
@@ -28,8 +29,7 @@ def make_inputs(n: int, bins: int, length: int, seed: int = 0):
     scale = rng.uniform(30.0, 600.0, (n, 1)).astype(np.float32)
     flux = (1.2 + np.sin(wave.astype(np.float32) / scale)) * 1e-17  # (n, L) erg/s/cm^2/A
     zs = rng.uniform(0.0, 0.4, n)
-    edges = np.linspace(0.0, 0.4, bins + 1)
-    return wave, flux.astype(np.float32), zs, (edges[1:] + edges[:-1]) / 2
+    return wave, flux.astype(np.float32), zs, bin_centers(bin_edges(bins))
 
 
 def max_error(wave, flux, zs, centers, table, k: int = 5) -> float:
@@ -57,10 +57,10 @@ def main() -> None:
     flux_table(wave, flux[:8], zs[:8], centers)  # warm-up: filter curves and knot tables cached
     walls, cpus = [], []
     for _ in range(args.repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        table = flux_table(wave, flux, zs, centers, threads=args.threads)
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
+        with Clock() as clock:
+            table = flux_table(wave, flux, zs, centers, threads=args.threads)
+        walls.append(clock.wall)
+        cpus.append(clock.cpu)
     err = max_error(wave, flux, zs, centers, table)
     threads = args.threads or min(MAX_THREADS, len(os.sched_getaffinity(0)))
     print(f"flux_table n={args.n} bins={args.bins} L={args.length} repeats={args.repeats} "

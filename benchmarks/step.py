@@ -41,6 +41,7 @@ from benchmarks.timing import device_info, interleaved, ratio_summary, summary
 from study.augment import augment, background_stats
 from study.config import GROUPS, PRESETS, Config, make_config
 from study.data.dataset import SplitData
+from study.data.layout import bin_edges
 from study.data.stream import Batch, resident_batches, streamed_batches
 from study.errors import UserError
 from study.losses import flux_loss, flux_loss_reference, total_loss, weights_of
@@ -126,11 +127,16 @@ def joint_step(
     return torch.stack([terms[k].detach().float() for k in TERMS[:-1]] + [total.detach()])
 
 
+def _edges(n_bins: int, device: torch.device) -> torch.Tensor:
+    """(n_bins + 1,) float32 redshift edges on the device, as the trainer makes a file's."""
+    return torch.as_tensor(bin_edges(n_bins), dtype=torch.float32, device=device)
+
+
 def step_candidates(
     cfgs: dict[str, Config], batch: Batch, device: torch.device, joint: bool
 ) -> tuple[dict[str, Callable[[], object]], dict[str, Any]]:
     """One train_step closure per group (plus ``<group>_joint`` where P_inv is on)."""
-    edges = torch.linspace(0.0, 0.4, batch.flux_table.shape[-1] + 1, device=device)
+    edges = _edges(batch.flux_table.shape[-1], device)
     fns: dict[str, Callable[[], object]] = {}
     state: dict[str, Any] = {}
     for group, cfg in cfgs.items():
@@ -173,7 +179,7 @@ def feed_candidates(
     )
     bg_dev = bg_host.to(device)
     order = torch.Generator().manual_seed(1)
-    edges = torch.linspace(0.0, 0.4, batch.flux_table.shape[-1] + 1, device=device)
+    edges = _edges(batch.flux_table.shape[-1], device)
 
     def endless(make: Callable[[list[torch.Tensor]], Any]) -> Any:
         while True:  # a new epoch of FEED_POOL batches, as the trainer draws them
@@ -242,7 +248,7 @@ def flux_candidates(
     if size:
         batch = Batch(*(None if t is None else t[:size] for t in batch))
     b, n_bins = batch.flux_table.shape[0], batch.flux_table.shape[-1]
-    edges = torch.linspace(0.0, 0.4, n_bins + 1, device=device)
+    edges = _edges(n_bins, device)
     g = torch.Generator().manual_seed(2)
     p = torch.softmax(torch.randn(b, n_bins, generator=g), dim=1).to(device).requires_grad_()
     wave, spectra = sdss_spectra(batch.zs)

@@ -12,33 +12,52 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a device needs it: the numpy benchmarks skip it
+    import torch
 
 
 def synchronize(device: torch.device | str) -> None:
     """Wait for queued work on ``device`` (a no-op on the CPU)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(torch.device(device))
+
+
+class Clock:
+    """Wall and process-CPU seconds of a ``with`` block, ``device`` synchronised at both ends.
+
+    Process CPU time (all threads of this process) is what the CPU benchmarks report: on a
+    machine shared with other jobs it counts only this process's work, whereas wall time also
+    counts the time the scheduler gave to others. With one torch thread and an idle machine the
+    two agree. After the block: ``wall`` and ``cpu``, in seconds.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = device
+        self.wall = self.cpu = float("nan")
+
+    def __enter__(self) -> Clock:
+        synchronize(self.device)
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        synchronize(self.device)
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
 
 
 def time_calls(
     fn: Callable[[], object], calls: int, device: torch.device | str
 ) -> tuple[float, float]:
-    """(wall, process CPU) seconds per call of ``fn`` over ``calls`` calls, device synchronised.
-
-    Process CPU time (all threads of this process) is what the CPU benchmarks report: on a
-    machine shared with other jobs it counts only this process's work, whereas wall time also
-    counts the time the scheduler gave to others. With one torch thread and an idle machine the
-    two agree.
-    """
-    synchronize(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(calls):
-        fn()
-    synchronize(device)
-    return (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls
+    """(wall, process CPU) seconds per call of ``fn`` over ``calls`` calls (``Clock``)."""
+    with Clock(device) as clock:
+        for _ in range(calls):
+            fn()
+    return clock.wall / calls, clock.cpu / calls
 
 
 def interleaved(
@@ -98,6 +117,8 @@ def ratio_summary(num: list[float], den: list[float]) -> dict[str, float]:
 
 def device_info(device: torch.device | str) -> dict[str, object]:
     """What the numbers were measured on: device name, threads, torch version."""
+    import torch
+
     device = torch.device(device)
     info: dict[str, object] = {
         "device": str(device),

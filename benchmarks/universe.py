@@ -24,10 +24,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.timing import Clock
 
 
 def _tree_pss_mb(pid: int) -> float:
@@ -70,21 +71,21 @@ def run_once(n: int, seed: int, dtype: str, workers: int | None, out: Path) -> d
     if workers is not None:
         cmd += ["--workers", str(workers)]
     load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak, cpu, done = 0.0, {}, threading.Event()
+    with Clock() as clock:  # the build, from launch to exit
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peak, cpu, done = 0.0, {}, threading.Event()
 
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _tree_pss_mb(proc.pid))
-            _tree_cpu(proc.pid, cpu)
-            done.wait(0.25)
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, _tree_pss_mb(proc.pid))
+                _tree_cpu(proc.pid, cpu)
+                done.wait(0.25)
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    rc = proc.wait()
-    wall = time.perf_counter() - t0
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        rc = proc.wait()
+    wall = clock.wall
     done.set()
     thread.join()
     if rc != 0:

@@ -16,7 +16,7 @@ Shapes: ``p`` (B, C) probabilities (softmax of the logits), ``zs`` (B,) spectros
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import torch
@@ -296,6 +296,23 @@ def loss_terms(
     else:
         terms["inv"] = invariance_loss(p, torch.softmax(logits_view.float(), dim=1))
     return terms
+
+
+class LossSettings(TypedDict):
+    """``loss_terms``'s keyword settings (``settings_of``)."""
+
+    target_sigma: float  # redshift units; 0 = the bin holding zs
+    cde_scale: str  # one of CDE_SCALES
+
+
+def settings_of(loss: LossConfig) -> LossSettings:
+    """The keyword settings of ``loss_terms`` under a loss config: its target width and CDE scale.
+
+    The one place a config's loss settings become ``loss_terms``'s arguments: the trainer
+    (``study.train.batch_terms``), its benchmark and the landscape all call ``loss_terms(...,
+    **settings_of(cfg.loss))``, so none of them can leave one out (the landscape once did).
+    """
+    return {"target_sigma": loss.target_sigma, "cde_scale": loss.cde_scale}
 
 
 def weights_of(loss: LossConfig) -> dict[str, float]:

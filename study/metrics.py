@@ -61,9 +61,9 @@ def _bin_index(zs: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def point_estimate(p, edges) -> np.ndarray:
-    """(N,) zp = sum_c p_c z_c with bin centres."""
+    """(N,) zp = sum_c p_c z_c with bin centres, p (N, C) renormalised; any (..., C) gives (...)."""
     p = np.asarray(p, np.float64)
-    return (p / p.sum(axis=1, keepdims=True)) @ bin_centers(edges)
+    return (p / p.sum(axis=-1, keepdims=True)) @ bin_centers(edges)
 
 
 def point_metrics(p, zs, edges) -> dict[str, float]:
@@ -74,8 +74,9 @@ def point_metrics(p, zs, edges) -> dict[str, float]:
     ``bias_median = median d`` (RAIL's PointBias), ``outlier_frac = frac(|d| > 0.05)``
     (the paper), ``outlier_frac_rail = frac(|d| > max(0.06, 3 sigma_iqr))`` (RAIL).
     """
-    p, zs, edges = _prepare(p, zs, edges)
-    d = (p @ bin_centers(edges) - zs) / (1.0 + zs)
+    # point_estimate renormalises p exactly as _prepare does (p / 1.0 is p), so d is unchanged
+    zs = np.asarray(zs, np.float64).reshape(-1)
+    d = (point_estimate(p, edges) - zs) / (1.0 + zs)
     median = float(np.median(d))
     x75, x25 = np.percentile(d, [75.0, 25.0])
     sigma_iqr = float(x75 - x25) / IQR_SCALE

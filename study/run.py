@@ -266,8 +266,8 @@ def run(args: argparse.Namespace) -> int:
         if not resuming:
             prepare_data(settings)
             study_dir.mkdir(parents=True, exist_ok=True)
-            (study_dir / "search_space.yaml").write_text(
-                yaml.safe_dump(space.to_dict(), sort_keys=False)
+            atomic_write_text(
+                study_dir / "search_space.yaml", yaml.safe_dump(space.to_dict(), sort_keys=False)
             )
             _write_json(study_dir / "study.json", settings)
             _write_json(study_dir / "provenance.json", provenance(settings, space, resources))

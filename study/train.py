@@ -57,7 +57,7 @@ from study.data.dataset import DatasetInfo, SplitData, batch_indices, load_split
 from study.data.stream import Batch, batches
 from study.errors import UserError
 from study.files import atomic_write, refuse_nonempty_dir
-from study.losses import cross_entropy, loss_terms, total_loss, weights_of
+from study.losses import cross_entropy, loss_terms, settings_of, total_loss, weights_of
 from study.machine import device_name, git_commit, pick_device, require_cuda_for_paper
 from study.metrics import all_metrics
 from study.model import centre_crop, model_from_config
@@ -438,11 +438,7 @@ def train_step(
     normalised by BatchNorm with its own batch statistics, exactly as a training batch is (the
     paper's formula read literally; ``benchmarks.step`` also times one joint pass of 2B).
     """
-    # (B, 5, S, S) float32 nanomaggies, S = model.crop: only what the network sees is augmented
-    x = centre_crop(_on_device(batch.images, edges.device, cfg), cfg.model.crop)
-    keep = None  # (B, S, S) bool central-source pixels (augment.background=segmentation)
-    if batch.masks is not None:
-        keep = centre_crop(unpack_bits(batch.masks.to(edges.device)), cfg.model.crop)
+    x, keep = step_inputs(batch, edges.device, cfg)
     first, view = augmented_views(x, batch.background, gen, cfg, keep)
     with _autocast(x.device, cfg):
         logits = step_model(first, batch.ebv)  # (B, C)
@@ -453,6 +449,19 @@ def train_step(
     total.backward()
     opt.step()
     return torch.stack([terms[k].detach().float() for k in TERMS[:-1]] + [total.detach()])
+
+
+def step_inputs(
+    batch: Batch, device: torch.device, cfg: Config
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What a step augments: the batch's images as the network sees them, (B, 5, S, S) float32
+    nanomaggies on ``device`` with S = ``model.crop`` (only what the network sees is augmented),
+    and its (B, S, S) bool central-source pixels (the batch's masks, for
+    ``augment.background=segmentation``), or None. Shared with the landscape's fixed view."""
+    x = centre_crop(_on_device(batch.images, device, cfg), cfg.model.crop)
+    if batch.masks is None:
+        return x, None
+    return x, centre_crop(unpack_bits(batch.masks.to(device)), cfg.model.crop)
 
 
 def batch_terms(
@@ -472,8 +481,7 @@ def batch_terms(
         model,
         flux_table=batch.flux_table,
         logits_view=logits_view,
-        target_sigma=cfg.loss.target_sigma,
-        cde_scale=cfg.loss.cde_scale,
+        **settings_of(cfg.loss),
     )
 
 

@@ -79,7 +79,9 @@ class _NoBatchNorm(torch.nn.Module):
         return self.pool(torch.relu(self.conv(x))).flatten(1)
 
 
-def test_joint_views_equal_two_passes_without_batch_norm():
+def test_joint_step_equals_train_step_without_batch_norm():
+    """benchmarks.step.joint_step (both views in one 2B pass) takes the step train_step takes
+    (two passes of B) when no BatchNorm makes the passes differ."""
     cfg = make_config("tiny", "constrained")
     batch = bench_step.synthetic_batch(6, cfg.model.n_bins, torch.device("cpu"))
     edges = torch.linspace(0.0, 0.4, cfg.model.n_bins + 1)

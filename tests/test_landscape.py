@@ -12,7 +12,7 @@ from analysis.landscape import (
     TERMS,
     LandscapeBatch,
     load_batch,
-    loss_scale,
+    loss_settings,
     loss_weights,
     normalize_filters_,
     photoz_evaluator,
@@ -107,7 +107,25 @@ def test_slice_at_zero_equals_loss_on_batch():
     assert s["ce"].iloc[0] != pytest.approx(ce)  # moving along d changes the loss
 
 
-def test_landscape_origin_is_the_trainers_loss_term_by_term(tmp_path):
+# The run's loss settings the landscape must follow: the tiny preset's (one-hot targets, the
+# group's paper CDE scale), the demo preset's Gaussian targets (loss.target_sigma=0.008, which
+# the landscape once left out), and the demo's model shape (a 24 px crop, augmented after the
+# crop) with truncated background draws and the density CDE scale.
+ORIGIN_CASES = {
+    "tiny": {},
+    "target_sigma": {"loss.target_sigma": 0.008},
+    "demo_shape": {
+        "loss.target_sigma": 0.008,
+        "loss.cde_scale": "density",
+        "model.arch": "small_cnn",
+        "model.crop": 24,
+        "augment.fill": "truncated",
+    },
+}
+
+
+@pytest.mark.parametrize("case", ORIGIN_CASES)
+def test_landscape_origin_is_the_trainers_loss_term_by_term(tmp_path, case):
     """At the origin, the landscape's terms and total are train_step's, on a trained tiny run.
 
     Both go through study.losses (loss_terms, total_loss, the run's weights). Made comparable:
@@ -125,16 +143,20 @@ def test_landscape_origin_is_the_trainers_loss_term_by_term(tmp_path):
     from study.train import train, train_step
 
     data = make_file(tmp_path / "d.h5", n=120)
-    train(tiny(data, "constrained"), tmp_path / "run")
+    over = ORIGIN_CASES[case]
+    train(tiny(data, "constrained", **over), tmp_path / "run")
     config, model = load_trained_model(tmp_path / "run")
     batch = load_batch(config, tmp_path / "run", n_galaxies=16, seed=5)
-    at0 = photoz_evaluator(batch, loss_weights(config), chunk=16, cde_scale=loss_scale(config))(
+    at0 = photoz_evaluator(batch, loss_weights(config), chunk=16, settings=loss_settings(config))(
         model
     )
 
     cfg = apply_overrides(config_from_dict(config), {"loss.augment": False})
     assert cfg.loss.g_flux > 0 and cfg.loss.g_inv > 0 and cfg.loss.g_cde > 0
-    assert cfg.loss.cde_scale == "paper"  # the group's (issue 13): the evaluator must follow it
+    # the group's scale (issue 13) or the case's, and the case's target width: the evaluator
+    # must follow both
+    assert cfg.loss.cde_scale == over.get("loss.cde_scale", "paper")
+    assert cfg.loss.target_sigma == over.get("loss.target_sigma", 0.0)
     trainer_batch = Batch(batch.images, batch.ebv, batch.zs, batch.flux_table)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # the values are those before the step
     model.eval()

@@ -65,3 +65,38 @@ def test_core_refuses_to_build_a_dataset(tmp_path):
     with pytest.raises(UserError, match="resolve the default universe"):
         train(make_config("tiny", "baseline"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+# The data package's modules that may reach the universe: its CLI, whose `universe` command is
+# the builder's (python -m study.data universe), and aperture.universe_gain (the renderer's
+# gain; issue 10's audit item 7, moving separately).
+DATA_TO_UNIVERSE = {"__main__.py", "aperture.py"}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside a function (from its syntax tree)."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def test_the_data_package_does_not_import_the_universe():
+    """Reading order data file -> universe -> core: study/data never reaches back (issue 10)."""
+    files = sorted((ROOT / "study" / "data").glob("*.py"))
+    assert len(files) > 5
+    back = {
+        f.name: sorted(m for m in _imported_modules(f) if m.startswith("study.universe"))
+        for f in files
+        if f.name not in DATA_TO_UNIVERSE
+    }
+    assert {k: v for k, v in back.items() if v} == {}
+    # the scan sees such imports: build.py's own `from study.universe import sed`, in main's
+    # templates.py's form (`from study.universe import sed` inside a function)
+    assert "study.universe.sed" in _imported_modules(ROOT / "study" / "universe" / "build.py")

@@ -230,15 +230,15 @@ def test_source_mask_is_the_segmentation_of_its_own_images(small: Path) -> None:
 
 
 def test_flux_table_batches_do_not_change_bits(monkeypatch: pytest.MonkeyPatch) -> None:
-    from study.universe import sed
+    from study.data import spectra
     from study.universe.population import population
 
     maker = universe.flux_table_maker(180, 0.4, universe.DEFAULT_RANGE)
     g = population().draw_block(5, 0)
     coeffs, zs = g["coeffs_bulge"][:300] + g["coeffs_disk"][:300], g["zs"][:300]
-    monkeypatch.setattr(sed, "FT_BATCH", 1024)
+    monkeypatch.setattr(spectra, "FT_BATCH", 1024)
     whole = maker(coeffs, zs)
-    monkeypatch.setattr(sed, "FT_BATCH", 7)
+    monkeypatch.setattr(spectra, "FT_BATCH", 7)
     assert maker(coeffs, zs).tobytes() == whole.tobytes()
 
 

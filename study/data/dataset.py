@@ -16,7 +16,7 @@ byte-identical file, and ``content_hash`` depends on content only.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -38,12 +38,14 @@ from study.data.writer import (  # re-exported: the dataset API is one import
     DatasetWriter,
     check_edges,
     content_hash,
+    digest_blocks,
+    digest_dataset,
     draw_split,
     hashed_attrs,
     write_dataset,
 )
 from study.errors import UserError
-from study.files import refuse_existing, temporary_path
+from study.files import atomic_write, refuse_existing
 
 __all__ = [
     "BANDS",
@@ -57,6 +59,7 @@ __all__ = [
     "DatasetWriter",
     "SplitData",
     "batch_indices",
+    "digest_dataset",
     "draw_split",
     "load_split",
     "read_info",
@@ -154,7 +157,7 @@ def _structure(f: h5py.File, p: Path) -> DatasetInfo:
     if fmt != FORMAT:
         raise UserError(f"{p}: attribute 'format' is {fmt!r}, expected {FORMAT!r}; {_REBUILD}")
     if f.attrs["bands"] != BANDS:
-        raise UserError(f"{p}: attribute 'bands' is {f.attrs['bands']!r}, expected 'ugriz'")
+        raise UserError(f"{p}: attribute 'bands' is {f.attrs['bands']!r}, expected {BANDS!r}")
     edges = check_edges(f.attrs["bin_edges"], str(p))
     for name in (*CORE_DATASETS, *OPTIONAL_DATASETS):
         if name not in f:
@@ -275,11 +278,8 @@ def validate(path: str | os.PathLike, check_hash: bool = True) -> DatasetInfo:
         names = sorted(k for k in (*CORE_DATASETS, *OPTIONAL_DATASETS) if k in f)
         names += [f"truth/{k}" for k in info.truth_fields]
         for name in sorted(names):
-            h = hashlib.sha256()
-            for s, a in _blocks(f[name], p):
-                h.update(np.ascontiguousarray(a).tobytes())
-                _check_rows(p, name, s, a, edges)
-            hashes[name] = h
+            check = functools.partial(_check_rows, p, name, edges=edges)
+            hashes[name] = digest_blocks(_blocks(f[name], p), check)
         counts = info.split_counts
         for split, k in counts.items():
             if k == 0:
@@ -505,31 +505,17 @@ def amend_copy(
     they were.
     """
     src, dst = Path(src), Path(dst)
-    tmp = temporary_path(dst)
-    try:
+
+    def amended(tmp: Path) -> None:
         shutil.copyfile(src, tmp)
         with h5py.File(tmp, "r+") as f:
             edit(f)
         validate(tmp)  # what is renamed into place is a valid file, hash included
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(dst, amended)
     return dst
-
-
-def digest_dataset(
-    ds: h5py.Dataset, on_block: Callable[[int, np.ndarray], None] | None = None
-) -> Any:
-    """SHA-256 of a dataset's bytes read in blocks (as ``validate`` hashes them)."""
-    h = hashlib.sha256()
-    for s in range(0, ds.shape[0], READ_ROWS):
-        block = np.ascontiguousarray(ds[s : s + READ_ROWS])
-        h.update(block.tobytes())
-        if on_block is not None:
-            on_block(s, block)
-    return h
 
 
 def file_content_hash(f: h5py.File, digests: dict[str, Any]) -> str:

@@ -10,9 +10,9 @@ the convention of every converter and of the universe), turned into AB maggies (
 five kcorrect v4 templates at the spectroscopic redshift, non-negatively:
 ``kcorrect.kcorrect.Kcorrect(responses=[sdss_u0 .. sdss_z0]).fit_coeffs`` (a
 ``scipy.optimize.nnls`` per galaxy). The fitted observed-frame SED over the templates' whole
-wavelength range (no spectrograph cut: ``sed.REST_RANGE`` covers every rest wavelength the
+wavelength range (no spectrograph cut: ``spectra.REST_RANGE`` covers every rest wavelength the
 filters see for bin centres up to ``Z_COVERED``) gives T exactly as for the universe
-(``sed.FluxTableMaker``, linear in the coefficients).
+(``study.data.spectra.FluxTableMaker``, linear in the coefficients).
 
 Filters: the fit uses kcorrect's SDSS responses (``sdss_u0``..``sdss_z0``, the 2.5 m system the
 templates were built against, and the one catalogue magnitudes are in), T uses ours (speclite
@@ -71,10 +71,10 @@ def fitter(z_hi: float) -> Any:
 
 @functools.lru_cache(maxsize=2)
 def table_maker(centers: tuple[float, ...]) -> Any:
-    """``sed.FluxTableMaker`` over the templates' whole wavelength range (no spectrograph cut)."""
-    from study.universe import sed
+    """``spectra.FluxTableMaker`` over the templates' whole wavelength range (no spectrograph cut)."""
+    from study.data import spectra
 
-    return sed.FluxTableMaker(np.asarray(centers, np.float64), (0.0, np.inf))
+    return spectra.FluxTableMaker(np.asarray(centers, np.float64), (0.0, np.inf))
 
 
 def fit_input(

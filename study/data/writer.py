@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -285,7 +285,7 @@ class DatasetWriter:
         for name in self.specs:
             shape, dtype, _ = self.specs[name]
             if self._next != self.n:  # out-of-order writes: hash by re-reading the file
-                self._hashers[name] = _hash_dataset(self.file[name])
+                self._hashers[name] = digest_dataset(self.file[name])
             digests.append((name, dtype, shape, self._hashers[name].digest()))
         return content_hash(digests, self.attrs)
 
@@ -361,11 +361,36 @@ def content_hash(
     return h.hexdigest()
 
 
-def _hash_dataset(ds: h5py.Dataset) -> Any:
+def digest_blocks(
+    blocks: Iterable[tuple[int, np.ndarray]],
+    on_block: Callable[[int, np.ndarray], None] | None = None,
+) -> Any:
+    """SHA-256 of a dataset's bytes from its ``(start, rows)`` blocks, in row order: the
+    per-dataset digest ``content_hash`` takes (every reader of a file computes it here).
+
+    ``on_block(start, rows)`` sees each block after it is hashed (``validate`` checks its
+    rows there, so the file is read once).
+    """
     h = hashlib.sha256()
-    for s in range(0, ds.shape[0], READ_ROWS):
-        h.update(np.ascontiguousarray(ds[s : s + READ_ROWS]).data)
+    for s, a in blocks:
+        block = np.ascontiguousarray(a)
+        h.update(block.data)
+        if on_block is not None:
+            on_block(s, block)
     return h
+
+
+def row_blocks(ds: h5py.Dataset) -> Iterator[tuple[int, np.ndarray]]:
+    """A dataset's rows as ``(start, rows)`` blocks of ``READ_ROWS``."""
+    for s in range(0, ds.shape[0], READ_ROWS):
+        yield s, ds[s : s + READ_ROWS]
+
+
+def digest_dataset(
+    ds: h5py.Dataset, on_block: Callable[[int, np.ndarray], None] | None = None
+) -> Any:
+    """SHA-256 of a dataset's bytes read in blocks (``digest_blocks``, as ``validate`` hashes)."""
+    return digest_blocks(row_blocks(ds), on_block)
 
 
 def write_dataset(

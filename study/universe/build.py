@@ -24,7 +24,7 @@ Flux and spectrum conventions:
 - The "known spectrum" behind ``flux_table`` is the intrinsic observed-frame spectrum
   (redshifted template mix, no Galactic extinction: extinction is smooth and enters T only as
   a per-band ratio close to 1) on the spectrograph range (default 3800-9200 A, ``--spectral-
-  range``), zero outside it, sampled on the template grid: ``sed.FluxTableMaker``.
+  range``), zero outside it, sampled on the template grid: ``study.data.spectra.FluxTableMaker``.
 - ``truth/coeffs_bulge`` and ``truth/coeffs_disk`` are kcorrect template coefficients (flux at
   10 pc): the observed spectrum is ``(10 pc / D_L)^2 sum_k a_k S_k(l/(1+z)) / (1+z)``.
 """
@@ -48,6 +48,7 @@ from study.data import aperture
 from study.data import masks as masks_mod
 from study.data.dataset import DatasetWriter, draw_split
 from study.data.layout import bin_centers, bin_edges
+from study.data.spectra import FluxTableMaker
 from study.errors import UserError
 from study.files import refuse_existing
 from study.universe import population as pop_mod
@@ -108,7 +109,7 @@ def _catalogue_block(g: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 @functools.lru_cache(maxsize=4)
 def flux_table_maker(n_bins: int, z_max: float, spectral_range: tuple[float, float]):
     """The process-wide FluxTableMaker of a binning and spectral range."""
-    return sed.FluxTableMaker(bin_centers(bin_edges(n_bins, z_max)), spectral_range)
+    return FluxTableMaker(bin_centers(bin_edges(n_bins, z_max)), spectral_range)
 
 
 def make_block(
