@@ -132,7 +132,8 @@ def make_torn_snapshot(watch: Watch, ids: list[str], mode: str) -> None:
     if mode == "searcher_newer":  # the newest trials without seed 1
         data = next(d for d, trials in reversed(watch.trials) if seed1 not in trials)
         _newest(exp, "experiment_state-*.json").write_bytes(data)
-        assert seed1 not in trial_configs(data) and seed1 in seed_groups(watch.searchers[-1][0])[1]
+        assert seed1 not in trial_configs(data)
+        assert seed1 in sum(seed_groups(watch.searchers[-1][0]), [])
     else:  # the newest searcher whose group has not issued seed 1
         data = next(d for d, groups in reversed(watch.searchers) if seed1 not in sum(groups, []))
         _newest(exp, "search_gen_state-*.json").write_bytes(data)
