@@ -8,7 +8,8 @@ final result gives one value per objective (NaN where a metric is missing), and 
 of the configuration has reported, the searcher gets ``{metric: mean over seeds}`` for each.
 
 Only ``study.tune`` imports this module (it imports Ray), for studies with several objectives;
-a one-objective study keeps Ray's own ``Repeater``.
+a one-objective study keeps Ray's reduction (``study.seed_groups.ReissuingRepeater``, the base of
+both: Ray's ``Repeater`` that re-issues a seed lost by a killed driver).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import warnings
 from typing import Any
 
 import numpy as np
-from ray.tune.search import Repeater
+
+from study.seed_groups import ReissuingRepeater
 
 
 def seed_means(scores: list[tuple[float, ...]]) -> list[float]:
@@ -27,7 +29,7 @@ def seed_means(scores: list[tuple[float, ...]]) -> list[float]:
         return np.nanmean(np.asarray(scores, dtype=float), axis=0).tolist()
 
 
-class SeedMeanRepeater(Repeater):
+class SeedMeanRepeater(ReissuingRepeater):
     """``Repeater`` whose searcher has a list of metrics (``OptunaSearch(metric=[...])``)."""
 
     @property

@@ -9,7 +9,10 @@ seeded, a conditional define-by-run space) so that every sampled configuration r
 seed of the fixed seed list (``config["__trial_index__"]`` indexes it) and Optuna is told the
 seed mean. With several objectives Optuna searches them all (multi-objective TPE or NSGA-II) and
 ``study.seed_means.SeedMeanRepeater`` tells it each one's seed mean (Ray's Repeater takes one).
-A ``grid`` search (the ablation) is a plain ``tune.grid_search`` over group x seed.
+The repeaters are ``study.seed_groups.ReissuingRepeater``s inside a ``SeedGroupGenerator``, which
+on ``--resume`` squares the restored seed groups with the restored trials (a driver killed
+between two of Tune's snapshots can leave one newer than the other). A ``grid`` search (the
+ablation) is a plain ``tune.grid_search`` over group x seed.
 
 The study directory (SPEC 8)::
 
@@ -205,8 +208,9 @@ def _searcher(space: SearchSpace, study_dir: Path, constants: dict[str, Any] | N
     needed only by paired halving's repeater)."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
-    from ray.tune.search import Repeater
     from ray.tune.search.optuna import OptunaSearch
+
+    from study.seed_groups import ReissuingRepeater
 
     storage = JournalStorage(JournalFileBackend(str(study_dir / JOURNAL)))
     optuna_search = OptunaSearch(
@@ -226,7 +230,7 @@ def _searcher(space: SearchSpace, study_dir: Path, constants: dict[str, Any] | N
         return PairedRepeater(optuna_search, len(space.seeds), constants["study"])
     if space.multi_objective:
         return _multi_objective_repeater(space, optuna_search, storage)
-    return Repeater(optuna_search, repeat=len(space.seeds), set_index=True)
+    return ReissuingRepeater(optuna_search, repeat=len(space.seeds), set_index=True)
 
 
 # ---- several objectives (issue 14) -----------------------------------------------------------
@@ -340,9 +344,12 @@ def make_tuner(settings: dict[str, Any], space: SearchSpace) -> Any:
             trial_name_creator=trial_dirname,
         )
     else:
+        from study.seed_groups import SeedGroupGenerator
+
         param_space = constants
         tune_config = tune.TuneConfig(
-            search_alg=_searcher(space, study_dir, constants),
+            # the generator squares the restored seed groups with the restored trials
+            search_alg=SeedGroupGenerator(_searcher(space, study_dir, constants)),
             scheduler=_scheduler(space, study_dir),
             num_samples=space.num_samples * len(space.seeds),  # trials = configurations x K
             reuse_actors=True,

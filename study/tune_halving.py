@@ -11,9 +11,9 @@ import numpy as np
 from optuna.exceptions import UpdateFinishedTrialError
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
-from ray.tune.search import Repeater
 
 from study.halving import CONTINUE, REFERENCE, STOP, Halving, Ledger, keeps
+from study.seed_groups import ReissuingRepeater
 
 
 def _identity(trial_config: dict[str, Any]) -> tuple[str, int, str]:
@@ -120,7 +120,7 @@ class PairedHalvingScheduler(FIFOScheduler):
         return f"Paired halving: seed means judged at epochs {rungs}, about 1/{eta:g} continue."
 
 
-class PairedRepeater(Repeater):
+class PairedRepeater(ReissuingRepeater):
     """A ``Repeater`` that tells Optuna each rung's seed mean, and PRUNED for a stopped group.
 
     ``constants`` is the param space's ``study`` block (the trials' configs carry it, the

@@ -249,15 +249,18 @@ def test_report_of_a_multi_objective_study(tmp_path):
 
 @pytest.mark.slow
 def test_multi_objective_study_end_to_end(tmp_path):
-    """demo_pareto on the tiny preset, 2 seeds: frame, journal and report agree.
+    """demo_pareto on the tiny preset: kill the driver after its first run, --resume, report.
 
     The frame has one row per (configuration, seed), the journal one two-valued trial per
     configuration holding exactly the frame's seed means, and the report its Pareto front.
-    (A driver killed in the middle of a configuration's seeds is not resumed here: Tune can
-    restore the Repeater's groups newer than its trials, and the lost seed is never asked for
-    again; README "Studies", known limitations.)
     """
-    from test_tune import LIGHT_RAY, tiny_file
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_tune import LIGHT_RAY, ROOT, tiny_file
 
     from analysis import report
     from study.run import main
@@ -265,7 +268,20 @@ def test_multi_objective_study_end_to_end(tmp_path):
     data, out = tiny_file(tmp_path / "tiny.h5"), tmp_path / "study"
     argv = ["--search", "demo_pareto", "--preset", "tiny", "--seeds", "2", "--num-samples", "3"]
     argv += ["--epochs", "1", "--data", str(data), "--out", str(out), *LIGHT_RAY]
-    assert main(argv) == 0
+    log = (tmp_path / "driver.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "study.run", *argv], stdout=log, stderr=log,
+                            start_new_session=True, cwd=ROOT)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not list(out.glob("runs/*/metrics.json")) and time.time() < deadline:
+            assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:  # (a driver that failed by itself has shut its Ray down)
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+        proc.wait()
+    assert 1 <= len(list(out.glob("runs/*/metrics.json"))) < 6
+    assert main(["--resume", str(out), *LIGHT_RAY]) == 0
     frame = pd.read_parquet(out / "frame.parquet")
     assert len(frame) == 6 and not frame.duplicated(["config_id", "seed"]).any()
     seeds = frame.groupby("config_id")["seed"].apply(sorted)
