@@ -115,7 +115,7 @@ def test_each_row_depends_on_its_own_pixels_alone(small: Path) -> None:
     """Any block size, thread count or neighbouring rows: the same bits (files rely on it)."""
     with h5py.File(small) as f:
         images = f["images"][:]
-    gain = aperture.universe_gain()
+    gain = render.universe_gain()
     whole = aperture.measure(images, gain=gain)
     for start, stop in ((0, 1), (7, 8), (3, 130), (199, 200)):
         part = aperture.measure(images[start:stop], gain=gain, threads=1)
@@ -186,7 +186,7 @@ def test_phot_err_matches_the_scatter_of_repeated_noise_draws(small: Path) -> No
     n = len(order)
     picks = order[[n // 10, n // 2, 9 * n // 10, n - 1]]  # 10%, 50%, 90% in r flux; brightest
     clean = noiseless(small, picks).astype(np.float32)
-    r, gain, draws = render.renderer(), aperture.universe_gain(), 1000
+    r, gain, draws = render.renderer(), render.universe_gain(), 1000
     rng = np.random.default_rng(1)
     for g in range(len(picks)):
         stack = np.repeat(clean[g : g + 1], draws, axis=0)
@@ -229,7 +229,9 @@ def test_add_photometry_keeps_every_dataset_and_a_valid_hash(
     src = tmp_path / "src.h5"
     shutil.copyfile(bare, src)
     before, old_hash = _datasets(src), validate(src).content_hash
-    out = aperture.add_photometry(src, tmp_path / "new.h5", progress=False)
+    out = aperture.add_photometry(
+        src, tmp_path / "new.h5", gain=render.universe_gain(), progress=False
+    )
     after = _datasets(out)
     assert set(after) == set(before) | {"phot", "phot_err"}
     for name, value in before.items():
@@ -242,7 +244,7 @@ def test_add_photometry_keeps_every_dataset_and_a_valid_hash(
     assert info.content_hash == validate(small).content_hash
     with h5py.File(out) as f:
         images, phot, err = f["images"][:], f["phot"][:], f["phot_err"][:]
-    want = aperture.measure(images, gain=aperture.universe_gain())
+    want = aperture.measure(images, gain=render.universe_gain())
     np.testing.assert_array_equal(phot, want[0])
     np.testing.assert_array_equal(err, want[1])
     with h5py.File(out, "r+") as f:  # tampering with phot breaks the hash
@@ -256,7 +258,7 @@ def test_add_photometry_in_place_is_atomic_and_complete(bare: Path, tmp_path: Pa
     path = tmp_path / "d.h5"
     shutil.copyfile(bare, path)
     before = _datasets(path)
-    assert aperture.add_photometry(path, progress=False) == path
+    assert aperture.add_photometry(path, gain=render.universe_gain(), progress=False) == path
     after = _datasets(path)
     assert {k: after[k] for k in before} == before
     validate(path)
@@ -277,18 +279,22 @@ def test_bad_input_is_one_line_naming_the_file_and_fix(
         aperture.add_photometry(other, progress=False)
     with pytest.raises(UserError, match=f"{small}: already has dataset 'phot'"):
         aperture.add_photometry(small, progress=False)  # a universe is built with them
-    done = aperture.add_photometry(bare, tmp_path / "done.h5", progress=False)
+    done = aperture.add_photometry(
+        bare, tmp_path / "done.h5", gain=render.universe_gain(), progress=False
+    )
     with pytest.raises(UserError, match=f"{done}: already has dataset 'phot'.*nothing to add"):
         aperture.add_photometry(done, progress=False)
     with pytest.raises(UserError, match="output exists; choose another --out or pass --force"):
-        aperture.add_photometry(bare, done, progress=False)
+        aperture.add_photometry(bare, done, gain=render.universe_gain(), progress=False)
+    with pytest.raises(UserError, match=f"{bare}: a synthetic file's phot_err needs .* gain="):
+        aperture.add_photometry(bare, tmp_path / "no-gain.h5", progress=False)
     assert data_main(["photometry", str(done)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {done}: already has") and "\n" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["done.h5", "notes.h5", "other.h5"]
 
 
-def test_cli_writes_a_new_file(bare: Path, tmp_path: Path) -> None:
+def test_cli_writes_a_new_file(small: Path, bare: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli.h5"
     argv = ["photometry", str(bare), "--out", str(out), "--gain", "1", "1", "1", "1", "1"]
     assert data_main(argv) == 0
@@ -296,10 +302,15 @@ def test_cli_writes_a_new_file(bare: Path, tmp_path: Path) -> None:
         images, phot = f["images"][:8], f["phot"][:8]
         assert f["phot"].attrs["unit"] == "nanomaggies"
     np.testing.assert_array_equal(phot, aperture.measure(images, gain=np.ones(5))[0])
+    default = tmp_path / "default.h5"  # a synthetic file, no --gain: the universe's own
+    assert data_main(["photometry", str(bare), "--out", str(default)]) == 0
+    assert validate(default).content_hash == validate(small).content_hash
 
 
 def test_validate_checks_measured_photometry(bare: Path, tmp_path: Path) -> None:
-    out = aperture.add_photometry(bare, tmp_path / "p.h5", progress=False)
+    out = aperture.add_photometry(
+        bare, tmp_path / "p.h5", gain=render.universe_gain(), progress=False
+    )
     bad = tmp_path / "bad.h5"
     shutil.copyfile(out, bad)
     with h5py.File(bad, "r+") as f:

@@ -65,3 +65,29 @@ def test_core_refuses_to_build_a_dataset(tmp_path):
     with pytest.raises(UserError, match="resolve the default universe"):
         train(make_config("tiny", "baseline"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a source file imports, at any depth (lazy imports inside functions too)."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def test_the_data_package_does_not_import_the_universe():
+    """Reading order data file -> universe -> core: the universe writes data files, never the
+    reverse. The command line (``__main__``, which wires the ``universe`` subcommand) passes the
+    universe's gain in; ``templates`` still reuses the universe's SED code (audit item 7)."""
+    allowed = {"__main__.py", "templates.py"}
+    offenders = {
+        p.name: sorted(m for m in _imported_modules(p) if m.startswith("study.universe"))
+        for p in sorted((ROOT / "study" / "data").glob("*.py"))
+        if p.name not in allowed
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}

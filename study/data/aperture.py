@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -190,15 +191,9 @@ def _measure_block(
     return phot, np.sqrt(var)
 
 
-def universe_gain() -> np.ndarray:
-    """(5,) electrons per nanomaggy of the synthetic universe's noise model (its renderer)."""
-    from study.universe import render
-
-    return np.asarray(render.renderer().gain, np.float64)
-
-
-def _check_input(src: Path, dst: Path, overwrite: bool) -> Any:
-    """Structure of ``src`` (a UserError if it is not photoz-study/1 or already measured)."""
+def _check_input(src: Path, dst: Path, overwrite: bool, gain: np.ndarray | None) -> Any:
+    """Structure of ``src`` (a UserError if it is not photoz-study/1, already measured, or
+    synthetic without the universe's gain)."""
     from study.data.dataset import read_info
 
     info = read_info(src)  # a one-line UserError for a missing, non-HDF5 or non-photoz file
@@ -208,6 +203,12 @@ def _check_input(src: Path, dst: Path, overwrite: bool) -> Any:
         raise UserError(
             f"{src}: already has dataset '{have[0]}' (measured photometry); nothing to add: "
             "use the file as it is, or measure again from a copy without 'phot'/'phot_err'"
+        )
+    if gain is None and info.source == "synthetic":
+        raise UserError(
+            f"{src}: a synthetic file's phot_err needs the universe's gain (its source Poisson "
+            "noise); pass gain=study.universe.render.universe_gain() (`python -m study.data "
+            "photometry` does)"
         )
     if dst != src:
         refuse_existing(dst, overwrite=overwrite)
@@ -283,8 +284,10 @@ def add_photometry(
     Args:
         path: an existing photoz-study/1 file without ``phot``.
         out: where the new file goes; None replaces ``path`` atomically.
-        gain: (5,) electrons per nanomaggy for the source Poisson term of ``phot_err``;
-            default: the universe's own for a synthetic file, none (background only) otherwise.
+        gain: (5,) electrons per nanomaggy for the source Poisson term of ``phot_err``; None:
+            background-only errors (real cutouts without their frames' calibration). A
+            synthetic file needs its universe's, ``study.universe.render.universe_gain()``
+            (this data package does not import the universe; the CLI passes it in).
         overwrite: replace an existing ``out`` (never ``path``'s own bytes before the rename).
         progress: a tqdm bar on stderr.
 
@@ -295,9 +298,7 @@ def add_photometry(
 
     src = Path(path)
     dst = src if out is None else Path(out)
-    info = _check_input(src, dst, overwrite)
-    if gain is None and info.source == "synthetic":
-        gain = universe_gain()
+    info = _check_input(src, dst, overwrite, gain)
 
     def edit(f: h5py.File) -> None:
         _create_measured(f, info.n)
@@ -306,8 +307,14 @@ def add_photometry(
     return amend_copy(src, dst, edit)
 
 
-def add_photometry_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``photometry`` subcommand to ``python -m study.data``."""
+def add_photometry_parser(
+    subparsers: Any, universe_gain: Callable[[], np.ndarray]
+) -> argparse.ArgumentParser:
+    """Add the ``photometry`` subcommand to ``python -m study.data``.
+
+    ``universe_gain``: the synthetic universe's (5,) gain, the default ``--gain`` of synthetic
+    files (``study.data.__main__`` passes ``study.universe.render.universe_gain``).
+    """
     p = subparsers.add_parser(
         "photometry",
         help="add measured aperture photometry (phot, phot_err) to a photoz-study/1 file",
@@ -319,15 +326,19 @@ def add_photometry_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="electrons per nanomaggy, u g r i z (default: the universe's for "
                         "synthetic files, background-only errors otherwise)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an existing --out")
-    p.set_defaults(func=photometry_command)
+    p.set_defaults(func=photometry_command, universe_gain=universe_gain)
     return p
 
 
 def photometry_command(args: argparse.Namespace) -> int:
     """Handler of ``python -m study.data photometry``; raises UserError on bad input."""
+    from study.data.dataset import read_info
+
     gain = None if args.gain is None else np.asarray(args.gain, np.float64)
     if gain is not None and not np.all(gain > 0):
         raise UserError(f"--gain must be five positive numbers, got {args.gain}")
+    if gain is None and read_info(args.input).source == "synthetic":
+        gain = args.universe_gain()
     out = add_photometry(args.input, args.out, gain=gain, overwrite=args.force)
     print(f"wrote {out} (phot, phot_err: {RADIUS_PX:g} px aperture)")
     return 0

@@ -163,7 +163,7 @@ def _photometry(images: np.ndarray) -> dict[str, np.ndarray]:
     NaN past them. One thread (the workers are the parallelism); each row's value depends on
     that row's pixels alone, so neither the block's length nor ``chunk`` changes a bit.
     """
-    phot, err = aperture.measure(images, gain=aperture.universe_gain(), threads=1)
+    phot, err = aperture.measure(images, gain=render_mod.universe_gain(), threads=1)
     out = {k: np.full((BLOCK, 5), np.nan, np.float32) for k in aperture.MEASURED}
     out["phot"][: len(images)], out["phot_err"][: len(images)] = phot, err
     return out
