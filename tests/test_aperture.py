@@ -21,6 +21,7 @@ from photutils.aperture import (
     aperture_photometry,
 )
 from scipy.special import erf, j1
+from scipy.stats import truncnorm
 
 from study.data import aperture
 from study.data.__main__ import main as data_main
@@ -132,6 +133,8 @@ def test_measure_equals_photutils_image_by_image(small: Path) -> None:
     phot, err = aperture.measure(images)
     ap = CircularAperture((32, 32), aperture.RADIUS_PX)
     ring = CircularAnnulus((32, 32), *aperture.ANNULUS_PX)
+    in_ring = ring.to_mask(method="center").to_image((64, 64)) > 0
+    pairs = in_ring[:, :-1] & in_ring[:, 1:]  # (64, 63): pixel (y, x) and (y, x + 1) both in
     for i in range(40):
         for b in range(5):
             data = images[i, b].astype(np.float64)
@@ -139,11 +142,26 @@ def test_measure_equals_photutils_image_by_image(small: Path) -> None:
             total = aperture_photometry(data, ap, method="exact")["aperture_sum"][0]
             want = total - stats.median * ap.area
             assert phot[i, b] == pytest.approx(want, abs=1e-4 * float(err[i, b]))
-            # without a gain the error is the background's alone, from the same statistics
+            # without a gain the error is the background's alone: the pixel noise from the
+            # clipped std of adjacent annulus pixels' differences, the median's from its count
+            diffs = (data[:, :-1] - data[:, 1:])[pairs]
+            clipped = SigmaClip(sigma=3.0, maxiters=10)(diffs, masked=False)
+            noise = np.nanstd(clipped) / np.sqrt(2) / aperture.CLIPPED_STD
             area2 = (ap.to_mask(method="exact").data ** 2).sum()
             kept = stats.center_aper_area.value  # unclipped annulus pixels
-            var = stats.std**2 * (area2 + ap.area**2 * np.pi / 2 / kept)
+            var = noise**2 * (area2 + ap.area**2 * np.pi / 2 / kept)
             assert err[i, b] == pytest.approx(np.sqrt(var), rel=1e-4)
+
+
+def test_clipped_std_of_a_gaussian() -> None:
+    """CLIPPED_STD against scipy's truncated normal: c = std of N(0, 1) truncated at +-3c."""
+    c = 1.0
+    for _ in range(200):
+        c = truncnorm(-3.0 * c, 3.0 * c).std()
+    assert aperture.CLIPPED_STD == pytest.approx(c, rel=1e-12)
+    x = np.random.default_rng(0).standard_normal(1_000_000)
+    clipped = SigmaClip(sigma=3.0, maxiters=50)(x, masked=False)  # astropy's, to convergence
+    assert np.nanstd(clipped) == pytest.approx(aperture.CLIPPED_STD, abs=2e-3)
 
 
 def test_analytic_gaussian_inside_the_aperture() -> None:
@@ -174,17 +192,24 @@ def test_noiseless_universe_galaxies_match_their_profile_inside_the_aperture(sma
     quiet = (wings < 0.005).all(axis=1)
     assert quiet.mean() > 0.7 and np.median(re_disk[quiet]) > 1.5  # most, not just the tiny
     np.testing.assert_allclose(phot[quiet], want[quiet], rtol=0.01)
-    # the largest galaxies' wings reach the annulus: the local background takes more of them
-    assert np.median(np.abs(phot / want - 1)) < 0.006
+    # every galaxy: the local background takes some of its own wing light in the annulus, never
+    # more than its mean there (the median of skewed wings sits below their mean) and never a
+    # negative amount (a noiseless image): want (1 - wings) <= phot <= want, to 0.5% of want
+    dev = phot / want - 1
+    assert np.all(dev >= -wings - 0.005) and np.all(dev <= 0.005)
+    assert np.median(np.abs(dev)) < 0.006 and dev.min() < -0.02  # some do lose more than 2%
 
 
 def test_phot_err_matches_the_scatter_of_repeated_noise_draws(small: Path) -> None:
     with h5py.File(small) as f:
         alone = np.flatnonzero(f["truth/neighbour_kind"][:] == 0)
         r_flux = f["flux"][:, 2][alone]
+        crowded = np.flatnonzero(f["truth/neighbour_kind"][:] > 0)
+        brightest_crowded = crowded[np.argmax(f["flux"][:, 2][crowded])]
     order = alone[np.argsort(r_flux)]
     n = len(order)
     picks = order[[n // 10, n // 2, 9 * n // 10, n - 1]]  # 10%, 50%, 90% in r flux; brightest
+    picks = np.append(picks, brightest_crowded)  # and the brightest with a neighbour
     clean = noiseless(small, picks).astype(np.float32)
     r, gain, draws = render.renderer(), render.universe_gain(), 1000
     rng = np.random.default_rng(1)
@@ -194,15 +219,16 @@ def test_phot_err_matches_the_scatter_of_repeated_noise_draws(small: Path) -> No
         r.add_noise(stack, rng, noisy)  # the universe's own noise model, 1000 draws
         phot, err = aperture.measure(noisy, gain=gain)
         ratio = phot.std(axis=0) / np.sqrt(np.mean(err**2, axis=0))  # (5,) per band
-        if g < 3:  # the std of 1000 draws is itself good to 2.2%
-            np.testing.assert_allclose(ratio, 1.0, atol=0.1)
-        else:  # r ~ 13: its wings' gradient in the annulus inflates the background std,
-            assert np.all((ratio > 0.8) & (ratio < 1.05))  # so its error is conservative
-        # noise barely biases the flux: with noise the annulus median moves towards the mean of
-        # the galaxy's skewed wing light there (measured: up to 0.4 of one error)
+        # every galaxy, the brightest (r ~ 13, whose wings cross the annulus) too; the std of
+        # 1000 draws is itself good to 2.2%
+        np.testing.assert_allclose(ratio, 1.0, atol=0.1, err_msg=f"galaxy {picks[g]}")
+        # noise barely biases the flux of a galaxy alone: with noise the annulus median moves
+        # towards the mean of the galaxy's skewed wing light there (measured: up to 0.4 of one
+        # error). Not so with a neighbour in the annulus: noise changes which of its pixels
+        # are clipped (this one: 0.9 of an error in r), a bias of phot that phot_err omits
         exact, _ = aperture.measure(clean[g : g + 1])
         bias = np.abs(phot.mean(axis=0) - exact[0])
-        assert np.all(bias < 0.5 * phot.std(axis=0))
+        assert np.all(bias < (0.5 if g < 4 else 1.0) * phot.std(axis=0))
 
 
 def _datasets(path: Path) -> dict[str, tuple]:
