@@ -6,15 +6,10 @@ read by ``analysis.results.load_predictions``, as the report reads it): ``qp.his
 run's bin edges (rows renormalised, as ``study.metrics`` does), with
 ancillary ``zmean`` (the CDE mean over bin centres: SPEC 3's point estimate), ``zmode`` (the
 centre of the most probable bin), ``id`` and ``redshift`` (the spectroscopic truth, RAIL's
-default truth column). A RAIL user evaluates an exported run with (imports aside)::
-
-    ens = qp.read("RUN_DIR/predictions.qp.hdf5")
-    ev = PointToPointEvaluator.make_stage(name="ev", metrics=["point_stats_sigma_mad", "point_bias"],
-                                          point_estimate_key="zmean", force_exact=True, output_mode="return")
-    print(ev.evaluate(ens, {"photometry": {"redshift": ens.ancil["redshift"]}})["summary"].data)
-
-(``from rail.evaluation.point_to_point_evaluator import PointToPointEvaluator``; without
-``force_exact`` RAIL approximates the statistics with t-digests.)
+default truth column). A RAIL user evaluates an exported run with RAIL 2.0's
+``PointToPointEvaluator`` (sigma_mad, bias) and ``DistToPointEvaluator`` (CDE loss, PIT): the
+snippet in README.md ("Peers on the same galaxies") and docs/peers.md, run on a real export
+there. ``force_exact=True`` makes RAIL use every value (its default accumulates t-digests).
 """
 
 from __future__ import annotations
