@@ -34,7 +34,9 @@ on the annulus pixels sorted once per row, where each clipping pass only narrows
 range (the same values as astropy's
 ``SigmaClip``; tested against ``ApertureStats`` image by image): about 3,000 galaxies/s on
 two shared cores (``python -m benchmarks.aperture rate``), the sort of the annulus pixels
-being most of it.
+being most of it. The pixel-noise estimate (VERSION 5) sorts the 1,100 pixel differences too:
+1,597 against 2,856 galaxies per CPU-second before it (one thread, 2,048 demo cutouts, in
+process, best of 3), about 3% of a universe build's CPU.
 """
 
 from __future__ import annotations
@@ -239,7 +241,7 @@ def _pixel_noise(flat: np.ndarray, annulus: tuple[float, float]) -> np.ndarray:
 
     Not the clipped std of the annulus values themselves: a bright galaxy's wings still fall
     across the annulus, and their spread (not noise) inflated that std up to 1.7x in r for the
-    brightest galaxies, so phot_err was up to 20% too large. Adjacent pixels share the smooth
+    brightest galaxies, so phot_err was 12% too large in r for the brightest test galaxy. Adjacent pixels share the smooth
     light; their difference is the noise of two pixels (independent pixel noise assumed, as
     the sum over the aperture already assumes). Its wing part (the Poisson noise of the wing
     light in the annulus) stands for that of the wing light under the aperture, which the
