@@ -1,19 +1,15 @@
 """qp export: every run's test CDEs as a qp Ensemble that LSST DESC RAIL's evaluators read.
 
 ``python -m analysis.export STUDY_DIR_or_RUN_DIR`` writes ``RUN_DIR/predictions.qp.hdf5`` beside
-each run's ``predictions.h5`` (``p`` float16 (N, C), ``zs``, ``id``; attribute ``bin_edges``):
-``qp.hist`` on the run's bin edges (rows renormalised, as ``study.metrics`` does), with
+each run's ``predictions.h5`` (``p`` float16 (N, C), ``zs``, ``id``; attribute ``bin_edges``;
+read by ``analysis.results.load_predictions``, as the report reads it): ``qp.hist`` on the
+run's bin edges (rows renormalised, as ``study.metrics`` does), with
 ancillary ``zmean`` (the CDE mean over bin centres: SPEC 3's point estimate), ``zmode`` (the
 centre of the most probable bin), ``id`` and ``redshift`` (the spectroscopic truth, RAIL's
-default truth column). A RAIL user evaluates an exported run with (imports aside)::
-
-    ens = qp.read("RUN_DIR/predictions.qp.hdf5")
-    ev = PointToPointEvaluator.make_stage(name="ev", metrics=["point_stats_sigma_mad", "point_bias"],
-                                          point_estimate_key="zmean", force_exact=True, output_mode="return")
-    print(ev.evaluate(ens, {"photometry": {"redshift": ens.ancil["redshift"]}})["summary"].data)
-
-(``from rail.evaluation.point_to_point_evaluator import PointToPointEvaluator``; without
-``force_exact`` RAIL approximates the statistics with t-digests.)
+default truth column). A RAIL user evaluates an exported run with RAIL 2.0's
+``PointToPointEvaluator`` (sigma_mad, bias) and ``DistToPointEvaluator`` (CDE loss, PIT): the
+snippet in README.md ("Peers on the same galaxies") and docs/peers.md, run on a real export
+there. ``force_exact=True`` makes RAIL use every value (its default accumulates t-digests).
 """
 
 from __future__ import annotations
@@ -23,59 +19,41 @@ import os
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from analysis.results import Predictions, load_predictions
 from study.errors import UserError
-from study.metrics import bin_centers
+from study.files import atomic_write
+from study.metrics import point_estimate
 
 QP_NAME = "predictions.qp.hdf5"
 
 
-def read_predictions(run_dir: Path) -> dict[str, np.ndarray]:
-    """A run directory's ``predictions.h5``: p (N, C) float64 rows summing to 1, zs, id, edges."""
-    path = run_dir / "predictions.h5"
-    if not path.is_file():
-        raise UserError(
-            f"{run_dir}: no predictions.h5; point at a finished run directory (or a study "
-            "directory with runs/) of `python -m study.train` / `python -m study.run`"
-        )
-    with h5py.File(path, "r") as f:
-        p = f["p"][:].astype(np.float64)
-        out = {"zs": f["zs"][:].astype(np.float64), "id": f["id"][:].astype(np.int64)}
-        out["edges"] = np.asarray(f.attrs["bin_edges"], np.float64)
-    out["p"] = p / p.sum(axis=1, keepdims=True)
-    return out
-
-
-def ensemble(pred: dict[str, np.ndarray]):
+def ensemble(pred: Predictions):
     """The qp.hist Ensemble of one run's CDEs, with zmean, zmode, id and redshift as ancil."""
     import qp
 
-    centres = bin_centers(pred["edges"])
-    ens = qp.Ensemble(qp.hist, data={"bins": pred["edges"], "pdfs": pred["p"]})
+    p = np.asarray(pred.p, np.float64)
+    p = p / p.sum(axis=1, keepdims=True)  # qp's float64 histogram, rows summing to 1
+    ens = qp.Ensemble(qp.hist, data={"bins": pred.edges, "pdfs": p})
     ens.set_ancil(
         {
-            "zmean": pred["p"] @ centres,  # (N,) SPEC 3's point estimate
-            "zmode": centres[np.argmax(pred["p"], axis=1)],
-            "id": pred["id"],
-            "redshift": pred["zs"],
+            "zmean": point_estimate(p, pred.edges),  # (N,) SPEC 3's point estimate
+            "zmode": pred.centers[np.argmax(p, axis=1)],
+            "id": np.asarray(pred.ids, np.int64),
+            "redshift": pred.zs,
         }
     )
     return ens
 
 
 def export_run(run_dir: str | os.PathLike) -> Path:
-    """Write ``RUN_DIR/predictions.qp.hdf5`` (atomically: a temporary name, then renamed)."""
+    """Write ``RUN_DIR/predictions.qp.hdf5`` atomically (``study.files.atomic_write``)."""
     run_dir = Path(run_dir)
-    ens = ensemble(read_predictions(run_dir))
+    ens = ensemble(load_predictions(run_dir))
     out = run_dir / QP_NAME
-    tmp = run_dir / f".tmp{os.getpid()}.{QP_NAME}"  # qp picks the format from the suffix
-    try:
-        ens.write_to(str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # the temporary name keeps the .hdf5 suffix: qp picks its writer from the file name
+    atomic_write(out, lambda tmp: ens.write_to(str(tmp)), keep_suffix=True)
     return out
 
 

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from study.data import layout
 from study.errors import UserError
 from study.files import atomic_write
 from study.metrics import METRIC_NAMES, all_metrics
@@ -53,10 +54,9 @@ if TYPE_CHECKING:
 
 ESTIMATORS = ("knn", "flexzboost")
 INPUTS = ("phot", "truth-flux")
-R_EXT = np.array([4.239, 3.303, 2.285, 1.698, 1.263])  # SDSS A_b / E(B-V), u g r i z
 NONDETECT = 99.0  # RAIL's default `nondetect_val`: replaced by `mag_limits` inside the stages
-BANDS = [f"mag_{b}" for b in "ugriz"]
-ERR_BANDS = [f"mag_err_{b}" for b in "ugriz"]
+BANDS = [f"mag_{b}" for b in layout.BANDS]  # RAIL column names, in the file's band order
+ERR_BANDS = [f"mag_err_{b}" for b in layout.BANDS]
 LABELS = {
     "knn": "RAIL KNN",
     "flexzboost": "RAIL FlexZBoost",
@@ -105,7 +105,7 @@ def magnitudes(
     f = np.asarray(flux, np.float64)
     detected = f > 0  # NaN compares False: unknown is a non-detection too
     safe = np.where(detected, f, 1.0)
-    mag = 22.5 - 2.5 * np.log10(safe) - R_EXT * np.asarray(ebv, np.float64)[:, None]
+    mag = 22.5 - 2.5 * np.log10(safe) - layout.EXTINCTION_R * np.asarray(ebv, np.float64)[:, None]
     err = 2.5 / np.log(10) * np.asarray(flux_err, np.float64) / safe
     return np.where(detected, mag, NONDETECT), np.where(detected, err, NONDETECT)
 

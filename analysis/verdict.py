@@ -232,18 +232,20 @@ def with_photometry(path: Path) -> tuple[Path, str | None]:
     from analysis.peers import cache_dir
     from study.data.aperture import add_photometry
     from study.data.dataset import read_info
+    from study.universe.render import universe_gain
 
     with h5py.File(path, "r") as f:
         if "phot" in f:
             return path, None
-    content_hash = read_info(path).content_hash
+    info = read_info(path)
+    content_hash = info.content_hash
     copy = cache_dir(content_hash).parent / "with-phot" / f"{content_hash}.h5"
     if not copy.is_file():
         size = path.stat().st_size / 2**30
         print(f"{path} has no measured photometry ('phot'): adding it to a copy, {copy} "
               f"({size:.2f} GiB)", file=sys.stderr)  # fmt: skip
         copy.parent.mkdir(parents=True, exist_ok=True)
-        add_photometry(path, copy)
+        add_photometry(path, copy, gain=universe_gain() if info.source == "synthetic" else None)
     return copy, (
         f"{path} has no measured photometry (phot), so the peers ran on a copy with it "
         f"added ({copy}); `python -m study.data photometry {path}` adds it to the file itself."

@@ -17,18 +17,25 @@ from typing import Any
 from study.errors import UserError
 
 
-def temporary_path(path: Path) -> Path:
-    """A hidden name beside ``path``, unique to this process: ``.NAME.PID.tmp``."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def temporary_path(path: Path, keep_suffix: bool = False) -> Path:
+    """A hidden name beside ``path``, unique to this process: ``.NAME.PID.tmp``.
+
+    ``keep_suffix`` appends ``path``'s suffix again (``.NAME.PID.tmp.hdf5``), for writers that
+    pick the format from the file name (qp's ``Ensemble.write_to``).
+    """
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix if keep_suffix else ''}")
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[Path], Any], *, keep_suffix: bool = False
+) -> None:
     """``write(tmp)`` to a temporary name beside ``path``, then rename it into place.
 
-    On an exception the temporary file is removed and ``path`` is untouched.
+    On an exception the temporary file is removed and ``path`` is untouched. ``keep_suffix``:
+    the temporary name ends in ``path``'s suffix too (``temporary_path``).
     """
     path = Path(path)
-    tmp = temporary_path(path)
+    tmp = temporary_path(path, keep_suffix)
     try:
         write(tmp)
         os.replace(tmp, path)

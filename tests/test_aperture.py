@@ -21,6 +21,7 @@ from photutils.aperture import (
     aperture_photometry,
 )
 from scipy.special import erf, j1
+from scipy.stats import truncnorm
 
 from study.data import aperture
 from study.data.__main__ import main as data_main
@@ -115,7 +116,7 @@ def test_each_row_depends_on_its_own_pixels_alone(small: Path) -> None:
     """Any block size, thread count or neighbouring rows: the same bits (files rely on it)."""
     with h5py.File(small) as f:
         images = f["images"][:]
-    gain = aperture.universe_gain()
+    gain = render.universe_gain()
     whole = aperture.measure(images, gain=gain)
     for start, stop in ((0, 1), (7, 8), (3, 130), (199, 200)):
         part = aperture.measure(images[start:stop], gain=gain, threads=1)
@@ -132,6 +133,8 @@ def test_measure_equals_photutils_image_by_image(small: Path) -> None:
     phot, err = aperture.measure(images)
     ap = CircularAperture((32, 32), aperture.RADIUS_PX)
     ring = CircularAnnulus((32, 32), *aperture.ANNULUS_PX)
+    in_ring = ring.to_mask(method="center").to_image((64, 64)) > 0
+    pairs = in_ring[:, :-1] & in_ring[:, 1:]  # (64, 63): pixel (y, x) and (y, x + 1) both in
     for i in range(40):
         for b in range(5):
             data = images[i, b].astype(np.float64)
@@ -139,11 +142,26 @@ def test_measure_equals_photutils_image_by_image(small: Path) -> None:
             total = aperture_photometry(data, ap, method="exact")["aperture_sum"][0]
             want = total - stats.median * ap.area
             assert phot[i, b] == pytest.approx(want, abs=1e-4 * float(err[i, b]))
-            # without a gain the error is the background's alone, from the same statistics
+            # without a gain the error is the background's alone: the pixel noise from the
+            # clipped std of adjacent annulus pixels' differences, the median's from its count
+            diffs = (data[:, :-1] - data[:, 1:])[pairs]
+            clipped = SigmaClip(sigma=3.0, maxiters=10)(diffs, masked=False)
+            noise = np.nanstd(clipped) / np.sqrt(2) / aperture.CLIPPED_STD
             area2 = (ap.to_mask(method="exact").data ** 2).sum()
             kept = stats.center_aper_area.value  # unclipped annulus pixels
-            var = stats.std**2 * (area2 + ap.area**2 * np.pi / 2 / kept)
+            var = noise**2 * (area2 + ap.area**2 * np.pi / 2 / kept)
             assert err[i, b] == pytest.approx(np.sqrt(var), rel=1e-4)
+
+
+def test_clipped_std_of_a_gaussian() -> None:
+    """CLIPPED_STD against scipy's truncated normal: c = std of N(0, 1) truncated at +-3c."""
+    c = 1.0
+    for _ in range(200):
+        c = truncnorm(-3.0 * c, 3.0 * c).std()
+    assert aperture.CLIPPED_STD == pytest.approx(c, rel=1e-12)
+    x = np.random.default_rng(0).standard_normal(1_000_000)
+    clipped = SigmaClip(sigma=3.0, maxiters=50)(x, masked=False)  # astropy's, to convergence
+    assert np.nanstd(clipped) == pytest.approx(aperture.CLIPPED_STD, abs=2e-3)
 
 
 def test_analytic_gaussian_inside_the_aperture() -> None:
@@ -174,19 +192,26 @@ def test_noiseless_universe_galaxies_match_their_profile_inside_the_aperture(sma
     quiet = (wings < 0.005).all(axis=1)
     assert quiet.mean() > 0.7 and np.median(re_disk[quiet]) > 1.5  # most, not just the tiny
     np.testing.assert_allclose(phot[quiet], want[quiet], rtol=0.01)
-    # the largest galaxies' wings reach the annulus: the local background takes more of them
-    assert np.median(np.abs(phot / want - 1)) < 0.006
+    # every galaxy: the local background takes some of its own wing light in the annulus, never
+    # more than its mean there (the median of skewed wings sits below their mean) and never a
+    # negative amount (a noiseless image): want (1 - wings) <= phot <= want, to 0.5% of want
+    dev = phot / want - 1
+    assert np.all(dev >= -wings - 0.005) and np.all(dev <= 0.005)
+    assert np.median(np.abs(dev)) < 0.006 and dev.min() < -0.02  # some do lose more than 2%
 
 
 def test_phot_err_matches_the_scatter_of_repeated_noise_draws(small: Path) -> None:
     with h5py.File(small) as f:
         alone = np.flatnonzero(f["truth/neighbour_kind"][:] == 0)
         r_flux = f["flux"][:, 2][alone]
+        crowded = np.flatnonzero(f["truth/neighbour_kind"][:] > 0)
+        brightest_crowded = crowded[np.argmax(f["flux"][:, 2][crowded])]
     order = alone[np.argsort(r_flux)]
     n = len(order)
     picks = order[[n // 10, n // 2, 9 * n // 10, n - 1]]  # 10%, 50%, 90% in r flux; brightest
+    picks = np.append(picks, brightest_crowded)  # and the brightest with a neighbour
     clean = noiseless(small, picks).astype(np.float32)
-    r, gain, draws = render.renderer(), aperture.universe_gain(), 1000
+    r, gain, draws = render.renderer(), render.universe_gain(), 1000
     rng = np.random.default_rng(1)
     for g in range(len(picks)):
         stack = np.repeat(clean[g : g + 1], draws, axis=0)
@@ -194,15 +219,16 @@ def test_phot_err_matches_the_scatter_of_repeated_noise_draws(small: Path) -> No
         r.add_noise(stack, rng, noisy)  # the universe's own noise model, 1000 draws
         phot, err = aperture.measure(noisy, gain=gain)
         ratio = phot.std(axis=0) / np.sqrt(np.mean(err**2, axis=0))  # (5,) per band
-        if g < 3:  # the std of 1000 draws is itself good to 2.2%
-            np.testing.assert_allclose(ratio, 1.0, atol=0.1)
-        else:  # r ~ 13: its wings' gradient in the annulus inflates the background std,
-            assert np.all((ratio > 0.8) & (ratio < 1.05))  # so its error is conservative
-        # noise barely biases the flux: with noise the annulus median moves towards the mean of
-        # the galaxy's skewed wing light there (measured: up to 0.4 of one error)
+        # every galaxy, the brightest (r ~ 13, whose wings cross the annulus) too; the std of
+        # 1000 draws is itself good to 2.2%
+        np.testing.assert_allclose(ratio, 1.0, atol=0.1, err_msg=f"galaxy {picks[g]}")
+        # noise barely biases the flux of a galaxy alone: with noise the annulus median moves
+        # towards the mean of the galaxy's skewed wing light there (measured: up to 0.4 of one
+        # error). Not so with a neighbour in the annulus: noise changes which of its pixels
+        # are clipped (this one: 0.9 of an error in r), a bias of phot that phot_err omits
         exact, _ = aperture.measure(clean[g : g + 1])
         bias = np.abs(phot.mean(axis=0) - exact[0])
-        assert np.all(bias < 0.5 * phot.std(axis=0))
+        assert np.all(bias < (0.5 if g < 4 else 1.0) * phot.std(axis=0))
 
 
 def _datasets(path: Path) -> dict[str, tuple]:
@@ -229,7 +255,9 @@ def test_add_photometry_keeps_every_dataset_and_a_valid_hash(
     src = tmp_path / "src.h5"
     shutil.copyfile(bare, src)
     before, old_hash = _datasets(src), validate(src).content_hash
-    out = aperture.add_photometry(src, tmp_path / "new.h5", progress=False)
+    out = aperture.add_photometry(
+        src, tmp_path / "new.h5", gain=render.universe_gain(), progress=False
+    )
     after = _datasets(out)
     assert set(after) == set(before) | {"phot", "phot_err"}
     for name, value in before.items():
@@ -242,7 +270,7 @@ def test_add_photometry_keeps_every_dataset_and_a_valid_hash(
     assert info.content_hash == validate(small).content_hash
     with h5py.File(out) as f:
         images, phot, err = f["images"][:], f["phot"][:], f["phot_err"][:]
-    want = aperture.measure(images, gain=aperture.universe_gain())
+    want = aperture.measure(images, gain=render.universe_gain())
     np.testing.assert_array_equal(phot, want[0])
     np.testing.assert_array_equal(err, want[1])
     with h5py.File(out, "r+") as f:  # tampering with phot breaks the hash
@@ -256,7 +284,7 @@ def test_add_photometry_in_place_is_atomic_and_complete(bare: Path, tmp_path: Pa
     path = tmp_path / "d.h5"
     shutil.copyfile(bare, path)
     before = _datasets(path)
-    assert aperture.add_photometry(path, progress=False) == path
+    assert aperture.add_photometry(path, gain=render.universe_gain(), progress=False) == path
     after = _datasets(path)
     assert {k: after[k] for k in before} == before
     validate(path)
@@ -277,18 +305,22 @@ def test_bad_input_is_one_line_naming_the_file_and_fix(
         aperture.add_photometry(other, progress=False)
     with pytest.raises(UserError, match=f"{small}: already has dataset 'phot'"):
         aperture.add_photometry(small, progress=False)  # a universe is built with them
-    done = aperture.add_photometry(bare, tmp_path / "done.h5", progress=False)
+    done = aperture.add_photometry(
+        bare, tmp_path / "done.h5", gain=render.universe_gain(), progress=False
+    )
     with pytest.raises(UserError, match=f"{done}: already has dataset 'phot'.*nothing to add"):
         aperture.add_photometry(done, progress=False)
     with pytest.raises(UserError, match="output exists; choose another --out or pass --force"):
-        aperture.add_photometry(bare, done, progress=False)
+        aperture.add_photometry(bare, done, gain=render.universe_gain(), progress=False)
+    with pytest.raises(UserError, match=f"{bare}: a synthetic file's phot_err needs .* gain="):
+        aperture.add_photometry(bare, tmp_path / "no-gain.h5", progress=False)
     assert data_main(["photometry", str(done)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {done}: already has") and "\n" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["done.h5", "notes.h5", "other.h5"]
 
 
-def test_cli_writes_a_new_file(bare: Path, tmp_path: Path) -> None:
+def test_cli_writes_a_new_file(small: Path, bare: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli.h5"
     argv = ["photometry", str(bare), "--out", str(out), "--gain", "1", "1", "1", "1", "1"]
     assert data_main(argv) == 0
@@ -296,10 +328,15 @@ def test_cli_writes_a_new_file(bare: Path, tmp_path: Path) -> None:
         images, phot = f["images"][:8], f["phot"][:8]
         assert f["phot"].attrs["unit"] == "nanomaggies"
     np.testing.assert_array_equal(phot, aperture.measure(images, gain=np.ones(5))[0])
+    default = tmp_path / "default.h5"  # a synthetic file, no --gain: the universe's own
+    assert data_main(["photometry", str(bare), "--out", str(default)]) == 0
+    assert validate(default).content_hash == validate(small).content_hash
 
 
 def test_validate_checks_measured_photometry(bare: Path, tmp_path: Path) -> None:
-    out = aperture.add_photometry(bare, tmp_path / "p.h5", progress=False)
+    out = aperture.add_photometry(
+        bare, tmp_path / "p.h5", gain=render.universe_gain(), progress=False
+    )
     bad = tmp_path / "bad.h5"
     shutil.copyfile(out, bad)
     with h5py.File(bad, "r+") as f:

@@ -9,9 +9,13 @@ Matched definitions (SPEC 3 and study.metrics against RAIL 2.0 / qp 1.1):
   takes f at the grid point nearest zs. On the grid of bin centres both are exact for a
   histogram except that the trapezoid halves the first and last bins: our per-galaxy loss
   minus dz (f_1^2 + f_C^2) / 2 is RAIL's, term for term.
-- PIT KS: RAIL 2.0's ``DistToPointEvaluator`` returns the PIT as a distribution (quantiles),
-  not a KS number; its ``pit`` metric wraps qp's ``PIT`` class, whose ``evaluate_PIT_KS`` is
-  scipy's KS of the PIT samples, as ours.
+- PIT KS: RAIL 2.0's ``DistToPointEvaluator`` ``pit`` metric returns the PIT as a
+  distribution (a ``qp.quant`` ensemble: ``np.quantile`` of the PIT values at its
+  ``eval_grid``), not a KS number; no RAIL 2.0 stage gives the PIT's KS (its ``ks`` metric is
+  a DistToDist comparison of sampled distributions). On the grid of N levels
+  ``linspace(0, 1, N)`` the N quantiles are the N sorted PIT values themselves, so scipy's KS
+  of them against the uniform is qp's ``PIT.evaluate_PIT_KS`` and ours. (qp drops PIT values
+  of exactly 0 or 1 and repeats from that ensemble; the test checks none was dropped.)
 ``force_exact=True`` makes RAIL compute on all values (its default accumulates t-digests,
 an approximation). metrics.json is computed from float32 CDEs, the export from the stored
 float16 ones: the 1e-4 tolerance covers that rounding; on the exported CDEs themselves the
@@ -26,14 +30,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import qp
-from qp.metrics.pit import PIT
 from rail.evaluation.dist_to_point_evaluator import DistToPointEvaluator
 from rail.evaluation.point_to_point_evaluator import PointToPointEvaluator
+from scipy import stats
 from test_train import make_file, tiny
 
 from analysis import export
+from analysis.results import load_predictions
 from study.errors import UserError
-from study.metrics import all_metrics, bin_centers, cde_losses
+from study.metrics import all_metrics, bin_centers, cde_losses, pit
 from study.train import train
 
 
@@ -47,7 +52,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def rail_metrics(ens: qp.Ensemble, zs: np.ndarray, edges: np.ndarray) -> dict[str, float]:
+def rail_metrics(
+    ens: qp.Ensemble, zs: np.ndarray, edges: np.ndarray
+) -> tuple[dict[str, float], np.ndarray]:
+    """RAIL's numbers for ``ens``, and the (N,) sorted PIT values read off RAIL's PIT output."""
     truth = {"photometry": {"redshift": zs}}
     point = PointToPointEvaluator.make_stage(
         name="export_points",
@@ -58,30 +66,42 @@ def rail_metrics(ens: qp.Ensemble, zs: np.ndarray, edges: np.ndarray) -> dict[st
     ).evaluate(ens, truth)
     dist = DistToPointEvaluator.make_stage(
         name="export_dists",
-        metrics=["cdeloss"],
-        metric_config={"cdeloss": {"eval_grid": bin_centers(edges).tolist()}},
+        metrics=["cdeloss", "pit"],
+        metric_config={
+            "cdeloss": {"eval_grid": bin_centers(edges).tolist()},
+            "pit": {"eval_grid": np.linspace(0.0, 1.0, len(zs))},  # N levels: the N PIT values
+        },
         force_exact=True,
         output_mode="return",
     ).evaluate(ens, truth)
-    return {
+    pit = dist["single_distribution_summary"].data["pit"]  # RAIL's PIT distribution
+    sorted_pit = np.asarray(pit.objdata["locs"], np.float64).ravel()
+    assert len(sorted_pit) == len(zs)  # no PIT value dropped: the quantiles are all of them
+    metrics = {
         "sigma_nmad": float(point["summary"].data["point_stats_sigma_mad"][0]),
         "bias_median": float(point["summary"].data["point_bias"][0]),
         "bias": float(np.mean(point["output"].data["point_stats_ez"])),
         "cde_loss": float(dist["summary"].data["cdeloss"][0]),
-        "ks": float(PIT(ens, zs).evaluate_PIT_KS().statistic),
+        "ks": float(stats.kstest(sorted_pit, "uniform").statistic),
     }
+    return metrics, sorted_pit
 
 
 def test_rail_evaluators_reproduce_metrics_json(run: Path) -> None:
     (out,) = export.export(run.parents[1])  # the study directory: every run under runs/
     assert out == run / "predictions.qp.hdf5"
     ens = qp.read(str(out))
-    pred = export.read_predictions(run)
-    assert ens.npdf == len(pred["zs"]) and set(ens.ancil) >= {"zmean", "zmode", "id"}
-    np.testing.assert_array_equal(ens.ancil["id"], pred["id"])
-    edges, zs, p = pred["edges"], np.asarray(ens.ancil["redshift"]), pred["p"]
+    pred = load_predictions(run)
+    assert ens.npdf == len(pred.zs) and set(ens.ancil) >= {"zmean", "zmode", "id"}
+    np.testing.assert_array_equal(ens.ancil["id"], pred.ids)
+    edges, zs = pred.edges, np.asarray(ens.ancil["redshift"])
+    p = np.asarray(pred.p, np.float64)
+    p /= p.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(ens.ancil["zmean"], p @ bin_centers(edges), rtol=1e-12)
-    got = rail_metrics(ens, zs, edges)
+    np.testing.assert_array_equal(zs, pred.zs)
+    got, rail_pit = rail_metrics(ens, zs, edges)
+    # RAIL's PIT distribution holds our PIT values (the histogram CDF at zs), sorted
+    np.testing.assert_allclose(rail_pit, np.sort(pit(p, zs, edges)), rtol=0, atol=1e-12)
     dz, f = np.diff(edges), p / np.diff(edges)
     ends = float(np.mean(dz[0] * f[:, 0] ** 2 + dz[-1] * f[:, -1] ** 2) / 2)  # trapezoid ends
     ours = all_metrics(p, zs, edges) | {"cde_loss": float(np.mean(cde_losses(p, zs, edges)))}
@@ -103,4 +123,4 @@ def test_export_refuses_a_directory_without_runs(tmp_path: Path) -> None:
 def test_cli_exports_a_run(run: Path, capsys: pytest.CaptureFixture) -> None:
     assert export.main([str(run)]) == 0
     assert f"wrote {run / 'predictions.qp.hdf5'}" in capsys.readouterr().out
-    assert not list(run.glob(".tmp*"))
+    assert not list(run.glob(".*tmp*"))

@@ -67,10 +67,10 @@ def test_core_refuses_to_build_a_dataset(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-# The data package's modules that may reach the universe: its CLI, whose `universe` command is
-# the builder's (python -m study.data universe), and aperture.universe_gain (the renderer's
-# gain; issue 10's audit item 7, moving separately).
-DATA_TO_UNIVERSE = {"__main__.py", "aperture.py"}
+# The data package's one module that may reach the universe: its CLI, whose `universe` command is
+# the builder's (python -m study.data universe) and which passes the renderer's gain to
+# `photometry`. aperture and templates get what they need passed in or from study.data.spectra.
+DATA_TO_UNIVERSE = {"__main__.py"}
 
 
 def _imported_modules(path: Path) -> set[str]:

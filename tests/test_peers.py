@@ -13,7 +13,7 @@ import qp
 from scipy import stats
 
 from analysis import peers
-from study.data import aperture
+from study.data import aperture, layout
 from study.data.dataset import write_dataset
 from study.errors import UserError
 from study.metrics import METRIC_NAMES, all_metrics
@@ -39,7 +39,7 @@ def test_magnitudes_deredden_and_mark_non_detections() -> None:
     flux = np.array([[100.0, 10.0, 1.0, -0.5, np.nan]])
     err = np.full((1, 5), 0.5)
     mag, mag_err = peers.magnitudes(flux, err, np.array([0.1]))
-    want = 22.5 - 2.5 * np.log10([100.0, 10.0, 1.0]) - 0.1 * peers.R_EXT[:3]
+    want = 22.5 - 2.5 * np.log10([100.0, 10.0, 1.0]) - 0.1 * layout.EXTINCTION_R[:3]
     np.testing.assert_allclose(mag[0, :3], want)
     np.testing.assert_allclose(mag_err[0, :3], 1.0857362 * 0.5 / np.array([100.0, 10.0, 1.0]))
     assert np.all(mag[0, 3:] == peers.NONDETECT) and np.all(mag_err[0, 3:] == peers.NONDETECT)

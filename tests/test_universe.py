@@ -206,11 +206,11 @@ def test_phot_is_the_aperture_photometry_of_its_own_images(small: Path) -> None:
     info = validate(small)  # the content hash covers phot/phot_err
     assert info.has_phot
     with h5py.File(small) as f:
-        want = aperture.measure(f["images"][:], gain=aperture.universe_gain())
+        want = aperture.measure(f["images"][:], gain=render.universe_gain())
         for name, value in zip(aperture.MEASURED, want, strict=True):
             assert f[name].dtype == np.float32 and f[name][:].tobytes() == value.tobytes(), name
             assert dict(f[name].attrs) == aperture.PHOT_ATTRS
-        np.testing.assert_array_equal(aperture.universe_gain(), render.renderer().gain)
+        np.testing.assert_array_equal(render.universe_gain(), render.renderer().gain)
         # the noiseless flux inside the aperture is most of it: phot is the galaxy's light
         ratio = f["phot"][:, 2] / f["flux"][:, 2]
     assert 0.5 < np.median(ratio) < 1.0
@@ -333,7 +333,7 @@ def test_float16_images_keep_precision_below_the_noise(small: Path, tmp_path: Pa
     )
     with h5py.File(small) as f, h5py.File(half) as g:
         x32, x16 = f["images"][:64], g["images"][:64].astype(np.float32)
-        phot16 = aperture.measure(g["images"][:], gain=aperture.universe_gain())[0]
+        phot16 = aperture.measure(g["images"][:], gain=render.universe_gain())[0]
         assert g["phot"][:].tobytes() == phot16.tobytes()  # measured on the float16 pixels
     r = render.renderer()
     sigma = np.sqrt(

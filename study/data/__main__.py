@@ -178,9 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     from study.data.masks import add_masks_parser
     from study.data.templates import add_flux_table_parser
     from study.universe.build import add_universe_parser
+    from study.universe.render import universe_gain
 
     add_universe_parser(sub)
-    add_photometry_parser(sub)
+    add_photometry_parser(sub, universe_gain)
     add_flux_table_parser(sub)
     add_masks_parser(sub)
     return parser

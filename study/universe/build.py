@@ -63,7 +63,10 @@ if TYPE_CHECKING:
 # cached v2 file has none, and the peers need them
 # 4: the file carries source_mask (the central source's segment, study.data.masks); images, zs
 # and every other dataset are the bytes of v3 for the same seed
-VERSION = 4
+# 5: phot_err's pixel noise from adjacent annulus pixels' differences (study.data.aperture:
+# the annulus' own clipped std took the galaxy wings' spread for noise); every other dataset,
+# phot too, is the bytes of v4 for the same seed
+VERSION = 5
 DEFAULT_RANGE = (3800.0, 9200.0)  # A, the SDSS spectrograph
 BLOCK = pop_mod.BLOCK
 CATALOGUE_TRUTH: dict[str, tuple[tuple[int, ...], str]] = {
@@ -164,7 +167,7 @@ def _photometry(images: np.ndarray) -> dict[str, np.ndarray]:
     NaN past them. One thread (the workers are the parallelism); each row's value depends on
     that row's pixels alone, so neither the block's length nor ``chunk`` changes a bit.
     """
-    phot, err = aperture.measure(images, gain=aperture.universe_gain(), threads=1)
+    phot, err = aperture.measure(images, gain=render_mod.universe_gain(), threads=1)
     out = {k: np.full((BLOCK, 5), np.nan, np.float32) for k in aperture.MEASURED}
     out["phot"][: len(images)], out["phot_err"][: len(images)] = phot, err
     return out

@@ -348,3 +348,10 @@ class Renderer:
 def renderer() -> Renderer:
     """The process-wide Renderer."""
     return Renderer()
+
+
+def universe_gain() -> np.ndarray:
+    """(5,) electrons per nanomaggy of the noise model, u g r i z: the source Poisson term of
+    the universe's ``phot_err`` (``study.data.aperture.measure``'s ``gain``, passed in by the
+    builder and by ``python -m study.data photometry`` for a synthetic file)."""
+    return np.asarray(renderer().gain, np.float64)
