@@ -9,6 +9,7 @@ unpruned demo search, and the same search with paired early stopping.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from pathlib import Path
@@ -59,6 +60,25 @@ def _running_on(node: Any, study_dir: Path, rungs: list[int]) -> tuple[Any, dict
     return None
 
 
+def _mid_trial(study_dir: Path, pid: int, rungs: list[int]) -> bool:
+    """Whether the (frozen) worker ``pid`` is inside a trial: the last report of some trial, in
+    Tune's per-trial ``result.json`` (flushed per result), came from it, and that run is neither
+    finished nor waiting at a rung. A reused actor leaves a trial unfinished only when paused at
+    a rung, so such a trial is the one it is training."""
+    for results in (study_dir / "ray" / st.EXPERIMENT).glob("trial_*/result.json"):
+        lines = results.read_text().splitlines()
+        try:
+            last = json.loads(lines[-1]) if lines else {}
+        except json.JSONDecodeError:  # a line being written: that trial is live, not this one's
+            continue
+        if last.get("pid") != pid or last.get("epoch") in rungs or last.get("epoch", 0) >= EPOCHS:
+            continue
+        run = study_dir / "runs" / st.run_name(last["config_id"], last["seed"])
+        if not (run / "metrics.json").exists():
+            return True
+    return False
+
+
 def remove_node_under_a_trial(
     cluster: Any, node: Any, study_dir: Path, rungs: list[int], record: dict, stop: threading.Event
 ) -> None:
@@ -67,11 +87,21 @@ def remove_node_under_a_trial(
     try:
         while not stop.wait(0.2) and time.monotonic() < deadline:
             found = _running_on(node, study_dir, rungs)
-            if found is not None:
-                trial, last = found
-                cluster.remove_node(node, allow_graceful=False)
-                record.update(trial_id=trial.trial_id, epoch=last["epoch"], run=last["run"])
-                return
+            if found is None:
+                continue
+            trial, last = found
+            worker = psutil.Process(int(last["pid"]))
+            # Tune's snapshot lags: frozen, the worker can no longer finish its trial between the
+            # check and the removal (on loaded cores it did, and nothing failed)
+            worker.send_signal(signal.SIGSTOP)
+            if not _mid_trial(study_dir, worker.pid, rungs):
+                worker.send_signal(signal.SIGCONT)
+                continue
+            cluster.remove_node(node, allow_graceful=False)
+            if worker.is_running():  # a frozen process may miss its raylet's death
+                worker.kill()
+            record.update(trial_id=trial.trial_id, epoch=last["epoch"], run=last["run"])
+            return
         record["error"] = "no trial trained on the worker node with a checkpoint in Tune's snapshot"
     except Exception as exc:  # reported by the test
         record["error"] = f"{type(exc).__name__}: {exc}"
