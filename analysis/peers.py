@@ -1,10 +1,11 @@
 """Peers on the same galaxies: LSST DESC RAIL estimators, scored with the networks' metrics.
 
-``python -m analysis.peers DATA.h5 [--estimators knn flexzboost] [--inputs phot truth-flux]``
+``python -m analysis.peers DATA.h5 [--estimators knn flexzboost bpz] [--inputs phot truth-flux]``
 
-RAIL's KNN (pz-rail-sklearn ``KNearNeighInformer``/``Estimator``) and FlexZBoost
-(pz-rail-flexzboost ``FlexZBoostInformer``/``Estimator``) are informed on the training split
-and estimate the test split of a photoz-study/1 file, in-process (``make_stage`` with
+RAIL's KNN (pz-rail-sklearn ``KNearNeighInformer``/``Estimator``), FlexZBoost
+(pz-rail-flexzboost ``FlexZBoostInformer``/``Estimator``) and BPZ (pz-rail-bpz's three stages
+with SDSS filters and a prior fitted on training: ``analysis.bpz``) are informed on the
+training split and estimate the test split of a photoz-study/1 file, in-process (``make_stage`` with
 ``output_mode="return"``: no pipeline file, nothing written by RAIL). Their qp ensembles are put
 on the file's redshift bins (``bin_edges``) as (N, C) probabilities and scored with
 ``study.metrics.all_metrics``: the metric names of every network run.
@@ -22,8 +23,9 @@ Inputs (the ``inputs`` column says which):
 Results are cached per dataset content hash in ``$PHOTOZ_CACHE/peers/<hash>/`` (default
 ``~/.cache/photoz-study``): ``metrics.parquet`` (one row per estimator and inputs, every
 metric) and ``<estimator>-<inputs>.h5`` (the test CDEs: ``p`` float16 (N, C), ``id``, ``zs``).
-Seeded (KNN ``seed`` 0, FlexZBoost ``seed`` 1138 and XGBoost's fixed default): the same file
-gives the same numbers.
+Seeded (KNN ``seed`` 0, FlexZBoost ``seed`` 1138 and XGBoost's fixed default; BPZ has no random
+step): the same file gives the same numbers. BPZ's data directory (SDSS filters, templates,
+model fluxes) is written once per cache: ``$PHOTOZ_CACHE/peers/bpz-sdss-<desc-bpz version>/``.
 """
 
 from __future__ import annotations
