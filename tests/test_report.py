@@ -126,8 +126,8 @@ def test_peers_flag_and_other_galaxies_are_one_line_errors(tmp_path, capsys):
     study = make_fake_study(tmp_path / "abl", groups=("baseline",), seeds=(0,), n_test=50)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
-        report.main([str(study), "--peers", "knn,bpz"])
-    assert exit_.value.code == 2 and "unknown peer 'bpz'" in capsys.readouterr().err
+        report.main([str(study), "--peers", "knn,lephare"])
+    assert exit_.value.code == 2 and "unknown peer 'lephare'" in capsys.readouterr().err
     run = study / "runs" / "baseline-s0" / "predictions.h5"
     with h5py.File(run, "r+") as f:
         f["id"][0] = -7  # a galaxy that is not in the data file's test split
