@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from study.data import layout
+from study.errors import UserError
 
 FILTERS = [f"SDSS_{b}" for b in layout.BANDS]  # FILTER/<name>.res, in the file's band order
 
@@ -132,12 +133,18 @@ def run_bpz(
     from rail.estimation.algos.bpz_lite import BPZliteEstimator, BPZliteInformer
     from rail.estimation.algos.bpz_preprocess import BPZlitePreEstimator
 
-    folder = data_dir(root)
-    conf = common | settings | {"bpz_ref_data_path": str(folder), "filter_list": FILTERS}
-    tag = f"bpz_{next(_STAGES)}"  # RAIL's data store keys on stage names: one per stage made
     est_keys = set(BPZliteEstimator.config_options) - {"name", "config", "model", "output"}
     pre_keys = set(BPZlitePreEstimator.config_options) - {"name", "config", "model", "output"}
     inf_keys = set(BPZliteInformer.config_options) - {"name", "config", "model"}
+    unknown = sorted(set(settings) - pre_keys - inf_keys - est_keys)
+    if unknown:
+        raise UserError(
+            f"bpz settings: {unknown[0]!r} is no option of RAIL's BPZ stages; "
+            f"choose from {sorted(pre_keys | inf_keys | est_keys)}"
+        )
+    folder = data_dir(root)
+    conf = common | settings | {"bpz_ref_data_path": str(folder), "filter_list": FILTERS}
+    tag = f"bpz_{next(_STAGES)}"  # RAIL's data store keys on stage names: one per stage made
     with tempfile.TemporaryDirectory() as scratch:
         pre = BPZlitePreEstimator.make_stage(
             name=f"pre_{tag}", **{k: v for k, v in conf.items() if k in pre_keys}

@@ -111,6 +111,8 @@ def test_bpz_normalised_on_the_bins_and_better_than_the_training_median(data: Pa
     dz = (np.median(cat.zs[cat.split == 0]) - cat.zs[test]) / (1 + cat.zs[test])
     trivial = 1.4826 * np.median(np.abs(dz - np.median(dz)))
     assert ours["sigma_nmad"] < 0.75 * trivial, (ours["sigma_nmad"], trivial)
+    with pytest.raises(UserError, match="'m_0' is no option of RAIL's BPZ stages"):
+        peers.run_peer(cat, "bpz", peers._settings("bpz", {"bpz": {"m_0": 15.0}}))
 
 
 def test_bpz_sdss_filters_are_speclites_and_its_model_colours_too(tmp_path: Path) -> None:
