@@ -1,10 +1,11 @@
 """Peers on the same galaxies: LSST DESC RAIL estimators, scored with the networks' metrics.
 
-``python -m analysis.peers DATA.h5 [--estimators knn flexzboost] [--inputs phot truth-flux]``
+``python -m analysis.peers DATA.h5 [--estimators knn flexzboost bpz] [--inputs phot truth-flux]``
 
-RAIL's KNN (pz-rail-sklearn ``KNearNeighInformer``/``Estimator``) and FlexZBoost
-(pz-rail-flexzboost ``FlexZBoostInformer``/``Estimator``) are informed on the training split
-and estimate the test split of a photoz-study/1 file, in-process (``make_stage`` with
+RAIL's KNN (pz-rail-sklearn ``KNearNeighInformer``/``Estimator``), FlexZBoost
+(pz-rail-flexzboost ``FlexZBoostInformer``/``Estimator``) and BPZ (pz-rail-bpz's three stages
+with SDSS filters and a prior fitted on training: ``analysis.bpz``) are informed on the
+training split and estimate the test split of a photoz-study/1 file, in-process (``make_stage`` with
 ``output_mode="return"``: no pipeline file, nothing written by RAIL). Their qp ensembles are put
 on the file's redshift bins (``bin_edges``) as (N, C) probabilities and scored with
 ``study.metrics.all_metrics``: the metric names of every network run.
@@ -22,14 +23,16 @@ Inputs (the ``inputs`` column says which):
 Results are cached per dataset content hash in ``$PHOTOZ_CACHE/peers/<hash>/`` (default
 ``~/.cache/photoz-study``): ``metrics.parquet`` (one row per estimator and inputs, every
 metric) and ``<estimator>-<inputs>.h5`` (the test CDEs: ``p`` float16 (N, C), ``id``, ``zs``).
-Seeded (KNN ``seed`` 0, FlexZBoost ``seed`` 1138 and XGBoost's fixed default): the same file
-gives the same numbers.
+Seeded (KNN ``seed`` 0, FlexZBoost ``seed`` 1138 and XGBoost's fixed default; BPZ has no random
+step): the same file gives the same numbers. BPZ's data directory (SDSS filters, templates,
+model fluxes) is written once per cache: ``$PHOTOZ_CACHE/peers/bpz-sdss-<desc-bpz version>/``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import logging
 import os
@@ -44,6 +47,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from analysis import bpz
 from study.data import layout
 from study.errors import UserError
 from study.files import atomic_write
@@ -52,7 +56,7 @@ from study.metrics import METRIC_NAMES, all_metrics
 if TYPE_CHECKING:
     import qp
 
-ESTIMATORS = ("knn", "flexzboost")
+ESTIMATORS = ("knn", "flexzboost", "bpz")
 INPUTS = ("phot", "truth-flux")
 NONDETECT = 99.0  # RAIL's default `nondetect_val`: replaced by `mag_limits` inside the stages
 BANDS = [f"mag_{b}" for b in layout.BANDS]  # RAIL column names, in the file's band order
@@ -60,6 +64,7 @@ ERR_BANDS = [f"mag_err_{b}" for b in layout.BANDS]
 LABELS = {
     "knn": "RAIL KNN",
     "flexzboost": "RAIL FlexZBoost",
+    "bpz": "RAIL BPZ",
     "phot": "measured aperture photometry",
     "truth-flux": "noiseless catalogue flux (synthetic truth, not a fair peer)",
 }
@@ -73,6 +78,20 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "nsharp": 15,
         "max_basis": 35,
         "regression_params": {"max_depth": 8, "objective": "reg:squarederror"},
+    },
+    # RAIL's defaults except where an r < 17.77 universe of 5 SDSS bands needs otherwise
+    "bpz": {
+        "spectra_file": "CWWSB4.list",  # desc-bpz's CWW+SB set (8 templates)
+        "nt_array": [1, 2, 5],  # templates per broad type: elliptical, spiral, irregular/SB
+        "only_type": True,  # broad types fitted at each training galaxy's spectroscopic z
+        "output_hdfn": False,  # fit the prior on the training split (HDFN's is for r ~ 20-28)
+        "m0": 14.0,  # mag, the prior's pivot: the bright end of r < 17.77 (RAIL: 20)
+        "mmin": 10.0,  # mag, training galaxies brighter are left out of the fit (RAIL: 18)
+        "mmax": 29.0,  # mag, ... fainter (non-detections, 99, too)
+        "zp_errors": [0.1] * len(layout.BANDS),  # mag, added in quadrature (RAIL's per band)
+        "mag_err_min": 0.005,  # mag, error floor
+        "p_min": 0.005,  # posterior below p_min * its peak set to 0
+        "madau_flag": "no",  # IGM absorption: irrelevant at z < 1
     },
 }
 
@@ -188,6 +207,10 @@ def _stage_classes(estimator: str) -> tuple[Any, Any]:
         from rail.estimation.algos.flexzboost import FlexZBoostEstimator, FlexZBoostInformer
 
         return FlexZBoostInformer, FlexZBoostEstimator
+    if estimator == "bpz":
+        from rail.estimation.algos.bpz_lite import BPZliteEstimator, BPZliteInformer
+
+        return BPZliteInformer, BPZliteEstimator
     raise UserError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
 
 
@@ -207,7 +230,25 @@ def run_peer(cat: Catalogue, estimator: str, settings: dict[str, Any]) -> np.nda
     informer_cls, estimator_cls = _stage_classes(estimator)
     _quiet_rail()
     settings = copy.deepcopy(settings)  # RAIL fills nested options (regression_params) in place
-    common = {
+    common = _common(cat)
+    if estimator == "bpz":
+        train, test = rail_table(cat, 0), rail_table(cat, 2)
+        return on_bins(bpz.run_bpz(train, test, common, settings, peers_root()), cat.edges)
+    tag = f"{estimator}_{next(_STAGES)}"  # stage names are unique per call
+    inform = informer_cls.make_stage(name=f"inform_{tag}", model=f"{tag}.pkl", **common, **settings)
+    inform.inform(rail_table(cat, 0))
+    est = estimator_cls.make_stage(
+        name=f"estimate_{tag}", model=inform.get_handle("model"), **common
+    )
+    return on_bins(est.estimate(rail_table(cat, 2)).data, cat.edges)
+
+
+_STAGES = itertools.count()  # RAIL's data store keys on stage names: one per stage made
+
+
+def _common(cat: Catalogue) -> dict[str, Any]:
+    """The RAIL options every peer gets: columns, non-detections, the file's redshift grid."""
+    return {
         "bands": BANDS,
         "err_bands": ERR_BANDS,
         "ref_band": "mag_r",
@@ -220,20 +261,18 @@ def run_peer(cat: Catalogue, estimator: str, settings: dict[str, Any]) -> np.nda
         "redshift_col": "redshift",
         "output_mode": "return",  # nothing is written to disk by RAIL
     }
-    tag = f"{estimator}_{id(cat)}"  # stage names are unique per call
-    inform = informer_cls.make_stage(name=f"inform_{tag}", model=f"{tag}.pkl", **common, **settings)
-    inform.inform(rail_table(cat, 0))
-    est = estimator_cls.make_stage(
-        name=f"estimate_{tag}", model=inform.get_handle("model"), **common
-    )
-    return on_bins(est.estimate(rail_table(cat, 2)).data, cat.edges)
+
+
+def peers_root() -> Path:
+    """``$PHOTOZ_CACHE/peers`` (default cache: ``~/.cache/photoz-study``)."""
+    env = os.environ.get("PHOTOZ_CACHE")
+    root = Path(env) if env else Path.home() / ".cache" / "photoz-study"
+    return root / "peers"
 
 
 def cache_dir(content_hash: str) -> Path:
-    """``$PHOTOZ_CACHE/peers/<content_hash>`` (default cache: ``~/.cache/photoz-study``)."""
-    env = os.environ.get("PHOTOZ_CACHE")
-    root = Path(env) if env else Path.home() / ".cache" / "photoz-study"
-    return root / "peers" / content_hash
+    """``$PHOTOZ_CACHE/peers/<content_hash>``: one data file's peers."""
+    return peers_root() / content_hash
 
 
 def peer_name(estimator: str, inputs: str) -> str:
@@ -276,10 +315,11 @@ def _store(folder: Path, row: dict[str, Any], p: np.ndarray, cat: Catalogue) -> 
     atomic_write(table, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
-def _versions() -> str:
+def _versions(estimator: str) -> str:
     from importlib.metadata import version
 
-    pkgs = ("pz-rail-base", "pz-rail-sklearn", "pz-rail-flexzboost", "qp-prob")
+    pkgs = ["pz-rail-base", "pz-rail-sklearn", "pz-rail-flexzboost", "qp-prob"]
+    pkgs += ["pz-rail-bpz", "desc-bpz"] if estimator == "bpz" else []
     return " ".join(f"{p}=={version(p)}" for p in pkgs)
 
 
@@ -294,14 +334,14 @@ def _compute(cat: Catalogue, estimator: str, inputs: str, settings: dict[str, An
     row |= all_metrics(p, cat.zs[test], cat.edges)
     row |= {"n_train": int((cat.split == 0).sum()), "n_test": int(test.sum())}
     row |= {"seconds": seconds, "settings": json.dumps(settings, sort_keys=True)}
-    row |= {"versions": _versions(), "content_hash": cat.content_hash}
+    row |= {"versions": _versions(estimator), "content_hash": cat.content_hash}
     return row, p
 
 
 def peer_results(
     path: str | os.PathLike,
     *,
-    estimators: tuple[str, ...] = ("knn", "flexzboost"),
+    estimators: tuple[str, ...] = ESTIMATORS,
     inputs: tuple[str, ...] = ("phot",),
     cache: bool = True,
     settings: dict[str, dict[str, Any]] | None = None,

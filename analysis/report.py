@@ -377,9 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--seed", type=int, default=0, help="seed of every random choice in the report")
     ap.add_argument(
-        "--peers", type=_estimators, default=ESTIMATORS, metavar="knn,flexzboost",
+        "--peers", type=_estimators, default=ESTIMATORS, metavar="knn,flexzboost,bpz",
         help="RAIL peers the verdict and Table 1 place the networks against, comma-separated "
-        "(default: knn,flexzboost; 'none' leaves them out); cached per data file",
+        "(default: knn,flexzboost,bpz; 'none' leaves them out); cached per data file",
     )  # fmt: skip
     ap.add_argument(
         "--threads", type=int, default=1,

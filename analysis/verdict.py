@@ -263,7 +263,7 @@ def study_verdict(
     study: Study,
     frame: pd.DataFrame,
     *,
-    estimators: tuple[str, ...] = ("knn", "flexzboost"),
+    estimators: tuple[str, ...] = ("knn", "flexzboost", "bpz"),  # analysis.peers.ESTIMATORS
     settings: dict[str, dict[str, Any]] | None = None,
     n_boot: int = N_BOOT,
     seed: int = 0,

@@ -17,6 +17,7 @@ from _fake_study import make_fake_study
 
 from analysis import report
 from analysis.figures import cde_quantiles, pit_band
+from analysis.peers import ESTIMATORS
 from analysis.results import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def cache(tmp_path, monkeypatch) -> Path:
 def _check_peers(study_dir: Path, page: str, peers: tuple[str, ...], n_seeds: int) -> None:
     """The verdict leads the page; Table 1 and 1b have the peer rows; qp exports exist."""
     out = study_dir / "report"
-    names = {"knn": "RAIL KNN", "flexzboost": "RAIL FlexZBoost"}
+    names = {"knn": "RAIL KNN", "flexzboost": "RAIL FlexZBoost", "bpz": "RAIL BPZ"}
     body = page.split("<body>", 1)[1]
     assert body.index("id='verdict'") < body.index("<h2>")  # the verdict comes first
     assert "Do the networks beat RAIL " in page and "the best peer on the same" in page
@@ -125,8 +126,8 @@ def test_peers_flag_and_other_galaxies_are_one_line_errors(tmp_path, capsys):
     study = make_fake_study(tmp_path / "abl", groups=("baseline",), seeds=(0,), n_test=50)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
-        report.main([str(study), "--peers", "knn,bpz"])
-    assert exit_.value.code == 2 and "unknown peer 'bpz'" in capsys.readouterr().err
+        report.main([str(study), "--peers", "knn,lephare"])
+    assert exit_.value.code == 2 and "unknown peer 'lephare'" in capsys.readouterr().err
     run = study / "runs" / "baseline-s0" / "predictions.h5"
     with h5py.File(run, "r+") as f:
         f["id"][0] = -7  # a galaxy that is not in the data file's test split
@@ -265,7 +266,7 @@ def test_report_on_real_tiny_study(tiny_study, monkeypatch):
     report.build_report(tiny_study, png=False, peer_settings=FAST)
     page = _check_report(tiny_study, ABLATION_FIGURES)
     assert "constrained &minus; baseline_aug (n=2 paired seeds)" in page
-    _check_peers(tiny_study, page, ("knn", "flexzboost"), n_seeds=2)
+    _check_peers(tiny_study, page, ESTIMATORS, n_seeds=2)
     land = pd.read_csv(tiny_study / "report" / "landscape.csv")
     assert set(land["label"]) == {"baseline", "baseline_aug", "constrained"}
     assert land["curvature"].notna().all()
