@@ -6,13 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint install clean-demo
 
-# --no-compile: pip would byte-compile every installed module (torch, Ray, RAIL: 157 CPU-s of
-# install against 101 without); Python compiles the ones a process imports on first use instead
-# (16 CPU-s for what make demo imports). Measured by one interleaved pair under load, BENCHMARKS.md.
+# pip byte-compiles what it installs (no --no-compile: where PYTHONDONTWRITEBYTECODE=1, as on the
+# development machine, every process, each Ray worker too, would compile torch, Ray and RAIL again
+# on import; BENCHMARKS.md "The install without byte-compiling")
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile --upgrade pip
-	$(PY) -m pip install -q --no-compile -e '.[dev,report,peers]'
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,report,peers]'
 	touch $(STAMP)
 
 install: $(STAMP)

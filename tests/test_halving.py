@@ -348,4 +348,11 @@ def test_report_states_the_saving_and_shows_no_stopped_configuration(study):
     table1 = (study / "report" / "table1.md").read_text()
     for cid in frame.config_id[frame.stopped]:
         assert cid not in table1
-    assert any(cid in table1 for cid in frame.config_id[(frame.group == "search") & ~frame.stopped])
+    # the kept sampled configurations are there: by id when several, as the one "search" row when
+    # one is left (Table 1 names a group's configuration only when it has several); which ones
+    # the asynchronous rule stops depends on the order the seed means arrive in
+    kept = frame.config_id[(frame.group == "search") & ~frame.stopped].unique()
+    if len(kept) == 1:
+        assert "| **search** |" in table1
+    elif len(kept) > 1:
+        assert any(cid in table1 for cid in kept)
