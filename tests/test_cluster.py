@@ -35,43 +35,42 @@ def _on_node(pid: int, node: Any) -> bool:
     return any(p.pid == pid for p in raylet.children(recursive=True))
 
 
-def _running_on(node: Any, study_dir: Path, rungs: list[int]) -> tuple[Any, dict] | None:
-    """A trial training on ``node``: its worker is a child of the node's raylet, Tune's snapshot
-    holds a checkpoint of it, and its last epoch is neither the last one nor a rung (where a
-    paired-halving trial may be paused, its actor idle)."""
-    from ray.tune import ExperimentAnalysis
-
-    experiment = study_dir / "ray" / st.EXPERIMENT
-    if not list(experiment.glob("experiment_state-*.json")):
-        return None
-    try:
-        trials = ExperimentAnalysis(str(experiment)).trials
-    except Exception:  # a snapshot being copied into place: read it on the next poll
-        return None
-    for trial in trials:
-        last = trial.last_result or {}
-        if trial.checkpoint is None or "pid" not in last or not 1 <= last["epoch"] < EPOCHS:
-            continue
-        run = study_dir / "runs" / st.run_name(last["config_id"], last["seed"])
-        if last["epoch"] in rungs or (run / "metrics.json").exists():
-            continue
-        if psutil.pid_exists(int(last["pid"])) and _on_node(int(last["pid"]), node):
-            return trial, {**last, "run": run.name}
-    return None
-
-
-def _mid_trial(study_dir: Path, pid: int, rungs: list[int]) -> bool:
-    """Whether the (frozen) worker ``pid`` is inside a trial: the last report of some trial, in
-    Tune's per-trial ``result.json`` (flushed per result), came from it, and that run is neither
-    finished nor waiting at a rung. A reused actor leaves a trial unfinished only when paused at
-    a rung, so such a trial is the one it is training."""
+def _last_results(study_dir: Path):
+    """Each trial folder with its last report, from Tune's per-trial ``result.json`` (written by
+    the driver as each result arrives, unlike the experiment snapshot, which lags by seconds and
+    may be written only once or twice in a study this short)."""
     for results in (study_dir / "ray" / st.EXPERIMENT).glob("trial_*/result.json"):
         lines = results.read_text().splitlines()
         try:
             last = json.loads(lines[-1]) if lines else {}
-        except json.JSONDecodeError:  # a line being written: that trial is live, not this one's
+        except json.JSONDecodeError:  # a line being written: read it on the next poll
             continue
-        if last.get("pid") != pid or last.get("epoch") in rungs or last.get("epoch", 0) >= EPOCHS:
+        if "pid" in last:
+            yield results.parent, last
+
+
+def _running_on(node: Any, study_dir: Path, rungs: list[int]) -> dict | None:
+    """The last report of a trial training on ``node``: its worker is a child of the node's
+    raylet, a checkpoint of it is in storage (each epoch reports one, uploaded before the report),
+    and its last epoch is neither the last one nor a rung (where a paired-halving trial may be
+    paused, its actor idle)."""
+    for trial_dir, last in _last_results(study_dir):
+        if not 1 <= last.get("epoch", 0) < EPOCHS or last["epoch"] in rungs:
+            continue
+        run = study_dir / "runs" / st.run_name(last["config_id"], last["seed"])
+        if (run / "metrics.json").exists() or not any(trial_dir.glob("checkpoint_*")):
+            continue
+        if psutil.pid_exists(int(last["pid"])) and _on_node(int(last["pid"]), node):
+            return {**last, "run": run.name}
+    return None
+
+
+def _mid_trial(study_dir: Path, pid: int, rungs: list[int]) -> bool:
+    """Whether the (frozen) worker ``pid`` is inside a trial: the last report of some trial came
+    from it, and that run is neither finished nor waiting at a rung. A reused actor leaves a trial
+    unfinished only when paused at a rung, so such a trial is the one it is training."""
+    for _, last in _last_results(study_dir):
+        if last["pid"] != pid or last.get("epoch") in rungs or last.get("epoch", 0) >= EPOCHS:
             continue
         run = study_dir / "runs" / st.run_name(last["config_id"], last["seed"])
         if not (run / "metrics.json").exists():
@@ -86,10 +85,9 @@ def remove_node_under_a_trial(
     deadline = time.monotonic() + KILL_TIMEOUT_S
     try:
         while not stop.wait(0.2) and time.monotonic() < deadline:
-            found = _running_on(node, study_dir, rungs)
-            if found is None:
+            last = _running_on(node, study_dir, rungs)
+            if last is None:
                 continue
-            trial, last = found
             worker = psutil.Process(int(last["pid"]))
             # Tune's snapshot lags: frozen, the worker can no longer finish its trial between the
             # check and the removal (on loaded cores it did, and nothing failed)
@@ -100,9 +98,9 @@ def remove_node_under_a_trial(
             cluster.remove_node(node, allow_graceful=False)
             if worker.is_running():  # a frozen process may miss its raylet's death
                 worker.kill()
-            record.update(trial_id=trial.trial_id, epoch=last["epoch"], run=last["run"])
+            record.update(trial_id=last["trial_id"], epoch=last["epoch"], run=last["run"])
             return
-        record["error"] = "no trial trained on the worker node with a checkpoint in Tune's snapshot"
+        record["error"] = "no trial trained on the worker node past a checkpoint"
     except Exception as exc:  # reported by the test
         record["error"] = f"{type(exc).__name__}: {exc}"
 
