@@ -11,6 +11,7 @@ from astropy.stats import sigma_clipped_stats as astropy_sigma_clipped_stats
 
 from study.augment import (
     augment,
+    background_stats,
     d4,
     d4_permutations,
     random_d4,
@@ -106,6 +107,15 @@ def test_sigma_clipped_stats_match_astropy():
     a_mean, _, a_std = astropy_sigma_clipped_stats(x[0, 2].float().numpy(), sigma=3.0, maxiters=3)
     assert mean32[0, 2].item() == pytest.approx(float(a_mean), rel=1e-5)
     assert std32[0, 2].item() == pytest.approx(float(a_std), rel=1e-5)
+
+
+def test_background_stats_do_not_depend_on_the_chunk():
+    """Per image and band, so any chunk gives the same values as one sort of everything."""
+    x = _galaxy_images(torch.Generator().manual_seed(5), b=10).float()  # as stored
+    mean, std = sigma_clipped_stats(x)
+    whole = torch.stack([mean, std], dim=-1)
+    for chunk in (None, 1, 3, 64, 4096):
+        assert torch.equal(background_stats(x, chunk=chunk), whole)
 
 
 def test_background_resampling_keeps_sources_and_matches_stats():
