@@ -4,6 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
+# what `make demo` runs; `make test` and `make lint` add the dev tools (a variable: $(call)
+# would split the extras at their commas)
+EXTRAS := .[report,peers]
+DEV_EXTRAS := .[dev,report,peers]
 
 .PHONY: demo test lint install clean-demo
 
@@ -19,16 +23,14 @@ define install_project
 	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 endef
 
-# `make demo` installs what it runs (the project, report and peers extras); `make test` and
-# `make lint` add the dev tools
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(call install_project,.[report,peers])
+	$(call install_project,$(EXTRAS))
 	touch $(STAMP)
 
 $(DEV_STAMP): $(STAMP)
-	$(call install_project,.[dev,report,peers])
+	$(call install_project,$(DEV_EXTRAS))
 	touch $(DEV_STAMP)
 
 install: $(STAMP)

@@ -7,7 +7,10 @@ split of its data file with no augmentation: ``bias`` = mean (zp - zs)/(1 + zs) 
 error, and sigma_nmad (``study.metrics``). Then the test images as the network saw its training
 images: the central crop, background-resampled with the run's own ``augment.fill``
 (``--draws`` independent draws, zp averaged), and the per-band mean pixel change that
-resampling makes, in units of the clipped sky std. Used for README "The demo preset (issue 12)".
+resampling makes, in units of the clipped sky std. Last, the test bias by spectroscopic-redshift
+range (ZBINS), beside every peer cached for the same file (``python -m analysis.peers``), so
+that a network's bias can be set against the estimators it is compared with on the same
+galaxies. Used for README "The demo preset (issue 12)".
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from study.metrics import point_estimate, point_metrics
 from study.model import centre_crop
 
 SPLITS = {0: "train", 1: "val", 2: "test"}
+ZBINS = (0.0, 0.05, 0.08, 0.12, 0.16, 0.2, 0.25, 0.4)  # zs ranges of the by-redshift lines
 
 
 def _probs(model: torch.nn.Module, x: torch.Tensor, ebv: torch.Tensor) -> np.ndarray:
@@ -67,7 +71,35 @@ def run_report(run: str, draws: int) -> str:
         f"zp shift {np.mean(zp_view - zp):+.4f}; mean pixel change / sky std by band "
         + " ".join(f"{v:+.3f}" for v in shift)
     )
+    lines += by_redshift(path, zs, edges, p)
     return "\n".join(lines)
+
+
+def _by_range(zs: np.ndarray, dz: np.ndarray) -> str:
+    k = np.digitize(zs, ZBINS[1:-1])
+    cells = [f"{dz[k == i].mean():+.4f}" if (k == i).any() else "-" for i in range(len(ZBINS) - 1)]
+    return " ".join(f"{c:>9s}" for c in cells)
+
+
+def by_redshift(path: str, zs: np.ndarray, edges: np.ndarray, p: np.ndarray) -> list[str]:
+    """The test bias per ZBINS range: this run's, then each cached peer's on the same galaxies."""
+    from analysis.peers import cache_dir, peer_cdes
+    from study.data.dataset import read_info
+
+    k = np.digitize(zs, ZBINS[1:-1])
+    ranges = " ".join(f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(ZBINS[:-1], ZBINS[1:], strict=True))
+    counts = " ".join(f"{(k == i).sum():9d}" for i in range(len(ZBINS) - 1))
+    dz = (point_estimate(p, edges) - zs) / (1 + zs)
+    lines = [
+        f"  test bias by zs range {'all':>7s} | {ranges}",
+        f"    {'galaxies':16s} {len(zs):7d} | {counts}",
+    ]
+    lines.append(f"    {'this run':16s} {dz.mean():+.4f} | {_by_range(zs, dz)}")
+    for cached in sorted(cache_dir(read_info(path).content_hash).glob("*.h5")):
+        q = peer_cdes(path, cached.stem)
+        dq = (point_estimate(q, edges) - zs) / (1 + zs)
+        lines.append(f"    {cached.stem:16s} {dq.mean():+.4f} | {_by_range(zs, dq)}")
+    return lines
 
 
 def main() -> None:
