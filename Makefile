@@ -20,7 +20,7 @@ DEV_EXTRAS := .[dev,report,peers]
 # Like pip, it goes on past the odd file that is not Python 3 (a template, a test fixture).
 define install_project
 	$(PY) -m pip install -q --no-compile -e '$(1)'
-	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
+	$(PY) -W ignore::SyntaxWarning -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 endef
 
 $(STAMP): pyproject.toml
