@@ -19,7 +19,7 @@ import optuna
 import pandas as pd
 import psutil
 import pytest
-from test_halving import EPOCHS, K, halving_space
+from test_halving import K, halving_space
 from test_tune import _journal, tiny_file
 
 from study import halving
@@ -27,6 +27,12 @@ from study import tune as st
 from study.run import main
 
 KILL_TIMEOUT_S = 600
+# epochs per trial: more than test_halving's 3, so that a trial that continues past the rung
+# (epoch 1) trains three epochs (2-4) where it can be killed. With 3 there was one, under a
+# second on the tiny preset: 2 of 35 runs failed, one of them because the killer never saw a
+# worker-node trial there (one actor ran 7 of the 8 trials, the other ran one, whose epoch 2
+# went by between two looks); the other failure's log was lost
+EPOCHS = 5
 
 
 def _on_node(pid: int, node: Any) -> bool:
