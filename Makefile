@@ -11,7 +11,6 @@ DEV_EXTRAS := .[dev,report,peers]
 
 .PHONY: demo test lint install clean-demo
 
-
 # The venv gets bytecode for everything it installs: where PYTHONDONTWRITEBYTECODE=1, as on the
 # development machine, every process, each Ray worker too, would otherwise compile torch, Ray
 # and RAIL again on import (BENCHMARKS.md "The install without byte-compiling"). pip compiles

@@ -71,34 +71,33 @@ def run_report(run: str, draws: int) -> str:
         f"zp shift {np.mean(zp_view - zp):+.4f}; mean pixel change / sky std by band "
         + " ".join(f"{v:+.3f}" for v in shift)
     )
-    lines += by_redshift(path, zs, edges, p)
+    lines += by_redshift(path, zs, edges, dz)
     return "\n".join(lines)
 
 
-def _by_range(zs: np.ndarray, dz: np.ndarray) -> str:
-    k = np.digitize(zs, ZBINS[1:-1])
+def _by_range(k: np.ndarray, dz: np.ndarray) -> str:
+    """Mean ``dz`` of each ZBINS range, ``k`` the range of each galaxy."""
     cells = [f"{dz[k == i].mean():+.4f}" if (k == i).any() else "-" for i in range(len(ZBINS) - 1)]
     return " ".join(f"{c:>9s}" for c in cells)
 
 
-def by_redshift(path: str, zs: np.ndarray, edges: np.ndarray, p: np.ndarray) -> list[str]:
-    """The test bias per ZBINS range: this run's, then each cached peer's on the same galaxies."""
+def by_redshift(path: str, zs: np.ndarray, edges: np.ndarray, dz: np.ndarray) -> list[str]:
+    """The test bias per ZBINS range: this run's (``dz``, its test residuals), then each cached
+    peer's on the same galaxies."""
     from analysis.peers import cache_dir, peer_cdes
     from study.data.dataset import read_info
 
     k = np.digitize(zs, ZBINS[1:-1])
     ranges = " ".join(f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(ZBINS[:-1], ZBINS[1:], strict=True))
     counts = " ".join(f"{(k == i).sum():9d}" for i in range(len(ZBINS) - 1))
-    dz = (point_estimate(p, edges) - zs) / (1 + zs)
     lines = [
         f"  test bias by zs range {'all':>7s} | {ranges}",
         f"    {'galaxies':16s} {len(zs):7d} | {counts}",
     ]
-    lines.append(f"    {'this run':16s} {dz.mean():+.4f} | {_by_range(zs, dz)}")
+    lines.append(f"    {'this run':16s} {dz.mean():+.4f} | {_by_range(k, dz)}")
     for cached in sorted(cache_dir(read_info(path).content_hash).glob("*.h5")):
-        q = peer_cdes(path, cached.stem)
-        dq = (point_estimate(q, edges) - zs) / (1 + zs)
-        lines.append(f"    {cached.stem:16s} {dq.mean():+.4f} | {_by_range(zs, dq)}")
+        dq = (point_estimate(peer_cdes(path, cached.stem), edges) - zs) / (1 + zs)
+        lines.append(f"    {cached.stem:16s} {dq.mean():+.4f} | {_by_range(k, dq)}")
     return lines
 
 

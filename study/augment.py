@@ -149,7 +149,7 @@ def background_stats(
         device: where to compute (default: the images' device); the result goes back there.
         chunk: images per computation (bounds the memory of the sort); default 64 on the CPU,
             4096 elsewhere. On the CPU small chunks keep the float64 prefix sums in cache: the
-            demo's 3,040-image training split took 1.25 s with 64 against 4.4-7.5 s with 4096
+            demo's 3,040-image training split took 1.13 CPU s with 64 against 4.72 with 4096
             (same values, one thread; BENCHMARKS.md "Background statistics per trial").
 
     Returns:
