@@ -11,20 +11,34 @@ DEV_EXTRAS := .[dev,report,peers]
 
 .PHONY: demo test lint install clean-demo
 
+# INSTALLER=uv (the default): pip installs uv into the venv, and uv installs the project under
+# pip's own settings (tools/uv_install.py): about 40 s where pip alone takes about 150 on the
+# 2-core development machine (BENCHMARKS.md "make demo's install"). INSTALLER=pip: pip alone.
+#
 # The venv gets bytecode for everything it installs: where PYTHONDONTWRITEBYTECODE=1, as on the
 # development machine, every process, each Ray worker too, would otherwise compile torch, Ray
-# and RAIL again on import (BENCHMARKS.md "The install without byte-compiling"). pip compiles
-# one file at a time; compileall -j 0 compiles the same files, timestamp-checked .pyc as pip
-# writes, on every core (about 20 s less on 2 cores: BENCHMARKS.md "make demo's install").
-# Like pip, it goes on past the odd file that is not Python 3 (a template, a test fixture).
+# and RAIL again on import (BENCHMARKS.md "The install without byte-compiling"). Neither
+# installer compiles (uv does not by default; pip is told --no-compile): compileall -j 0 compiles
+# the same files, timestamp-checked .pyc as pip writes, on every core (about 20 s less than pip's
+# one file at a time on 2 cores). Like pip, it goes on past the odd file that is not Python 3 (a
+# template, a test fixture).
+INSTALLER ?= uv
+ifeq ($(INSTALLER),uv)
 define install_project
+	$(PY) -m pip install -q 'uv>=0.9'
+	$(PY) tools/uv_install.py -q -e '$(1)'
+	$(PY) -W ignore::SyntaxWarning -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
+endef
+else
+define install_project
+	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-compile -e '$(1)'
 	$(PY) -W ignore::SyntaxWarning -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 endef
+endif
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(call install_project,$(EXTRAS))
 	touch $(STAMP)
 
