@@ -262,7 +262,7 @@ def _train(
     # device, kept beside the split: each augmentation gathers its rows instead of sorting
     # every band of every image at every step (identical values)
     augmenting = cfg.loss.augment or cfg.loss.g_inv > 0
-    background = background_stats(train_data.images, device) if augmenting else None
+    background = _background(info, train_data, device, cfg) if augmenting else None
     edges = torch.as_tensor(info.bin_edges, dtype=torch.float32, device=device)  # (C+1,)
     sched = make_scheduler(opt, cfg, steps_per_epoch(len(train_data), cfg))
     gens = _generators(cfg.run.seed, device)
@@ -350,10 +350,37 @@ def setup_training(
     return model, step_model, opt
 
 
+# The splits (and the training split's background stats) this process read last, kept for its
+# next run on the same file: a Ray Tune actor trains trial after trial on one file
+# (reuse_actors), and reading and gathering the demo's splits took 3.7 of a trial's ~50 CPU-s,
+# the background stats 1.1 more (BENCHMARKS.md "make demo"). Keyed by everything that decides
+# their bytes, the file's size and mtime too (a file rewritten in place is read again); one
+# file at a time (another file, or another device or dtype, drops the rest first: no second
+# copy of a 20 GB resident split). The trainer never writes into them: every crop, view and
+# cast it makes is a new tensor.
+_MEMO: dict[tuple[Any, ...], Any] = {}
+
+
+def _memo_key(info: DatasetInfo, device: torch.device, cfg: Config) -> tuple[Any, ...]:
+    st = info.path.stat()
+    where = str(device) if cfg.data.resident else "cpu"
+    return (str(info.path.resolve()), st.st_size, st.st_mtime_ns, info.content_hash, where,
+            cfg.data.image_dtype)  # fmt: skip
+
+
+def _remembered(key: tuple[Any, ...], what: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+    """``make()``, or what it gave before for the same file ``key`` and ``what``."""
+    if any(k[0] != key for k in _MEMO):
+        _MEMO.clear()
+    if (key, what) not in _MEMO:
+        _MEMO[(key, what)] = make()
+    return _MEMO[(key, what)]
+
+
 def _load(
     info: DatasetInfo, split: str, device: torch.device, cfg: Config, masks: bool = False
 ) -> SplitData:
-    """A split on the device (data.resident) or in host memory (streamed).
+    """A split on the device (data.resident) or in host memory (streamed); ``_MEMO``.
 
     The streamed split needs no page-locking: ``streamed_batches`` gathers each batch's rows
     into small pinned staging buffers (pinning the whole 25 GB split would double host memory).
@@ -361,7 +388,20 @@ def _load(
     """
     dtype = getattr(torch, cfg.data.image_dtype)
     where = device if cfg.data.resident else "cpu"
-    return load_split(info.path, split, where, dtype, masks=masks)
+    return _remembered(
+        _memo_key(info, device, cfg),
+        ("split", split, masks),
+        lambda: load_split(info.path, split, where, dtype, masks=masks),
+    )
+
+
+def _background(
+    info: DatasetInfo, data: SplitData, device: torch.device, cfg: Config
+) -> torch.Tensor:
+    """``augment.background_stats`` of the training split ``data``; ``_MEMO``."""
+    return _remembered(
+        _memo_key(info, device, cfg), ("background",), lambda: background_stats(data.images, device)
+    )
 
 
 def _generators(seed: int, device: torch.device) -> dict[str, torch.Generator]:

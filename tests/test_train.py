@@ -30,6 +30,7 @@ from study.train_cli import main
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = set(SPEC3_METRICS)  # SPEC 3: the metric names, fixed
 EDGES = np.linspace(0.0, 0.4, 181)
+TIMES = ["seconds", "train_seconds", "images_per_s"]  # history columns that are clock readings
 
 
 def colour_coded_images(zs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -156,6 +157,36 @@ def test_same_seed_same_run_other_seed_other_run(data_file, tmp_path):
     # streaming the split from host memory gives the same numbers as holding it resident
     s = train(tiny(data_file, "constrained", seed=3, **{"data.resident": False}), tmp_path / "s")
     assert _val_test(s) == _val_test(a)
+
+
+def test_a_second_run_on_the_same_file_reuses_its_splits_and_gives_the_same_numbers(
+    tmp_path, monkeypatch
+):
+    """A Ray Tune actor trains trial after trial in one process (study.train._MEMO)."""
+    import study.train as train_mod
+
+    data = make_file(tmp_path / "d.h5")
+    reads: list[str] = []
+    real = train_mod.load_split
+    monkeypatch.setattr(train_mod, "load_split", lambda p, split, *a, **k: (
+        reads.append(split), real(p, split, *a, **k))[1])  # fmt: skip
+    cfg = tiny(data, "constrained", seed=3)
+    a = train(cfg, tmp_path / "a")
+    assert sorted(reads) == ["test", "train", "val"]
+    b = train(cfg, tmp_path / "b")  # from the memo: not one read more
+    assert len(reads) == 3
+    assert _val_test(a) == _val_test(b)
+    pd.testing.assert_frame_equal(a.history.drop(columns=TIMES), b.history.drop(columns=TIMES))
+    # the same numbers as a process that read the file itself
+    cli = [sys.executable, "-m", "study.train", "--preset", "tiny", "--group", "constrained"]
+    cli += ["--seed", "3", "--data", str(data), "--out", str(tmp_path / "c"), "--set"]
+    subprocess.run([*cli, "run.threads=1", "--set", "run.progress=false"], check=True, cwd=ROOT)
+    c = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert (c["val"], c["test"]) == _val_test(a)
+    # a file rewritten in place (new size or mtime) is read again
+    os.utime(data, ns=(0, data.stat().st_mtime_ns + 1))
+    train(cfg, tmp_path / "d")
+    assert len(reads) == 6
 
 
 class Interrupt(Exception):
