@@ -48,6 +48,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from analysis import bpz
+from study.config import PRESETS, make_config
 from study.data import layout
 from study.errors import UserError
 from study.files import atomic_write
@@ -432,7 +433,18 @@ def best_peer(frame: pd.DataFrame, metric: str = "sigma_nmad") -> pd.Series:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m analysis.peers", description=__doc__)
-    parser.add_argument("data", type=Path, help="a photoz-study/1 file with phot")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("data", type=Path, nargs="?", help="a photoz-study/1 file with phot")
+    where.add_argument(
+        "--preset", choices=PRESETS,
+        help="instead of a file: the synthetic universe the preset trains on ($PHOTOZ_CACHE), "
+        "built first if missing, as study.run and study.train build it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--nice", type=int, default=0, metavar="N",
+        help="lower this process's priority by N (os.nice) once the file is there, before the "
+        "estimators run: `make demo` runs the peers beside its study with --nice 19",
+    )  # fmt: skip
     parser.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=ESTIMATORS)
     parser.add_argument("--inputs", nargs="+", default=["phot"], choices=INPUTS)
     parser.add_argument("--no-cache", action="store_true", help="recompute, store nothing")
@@ -442,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.preset is not None:
+            from study.universe.build import resolve_data
+
+            args.data = resolve_data(make_config(args.preset))
+        if args.nice:
+            os.nice(args.nice)
         frame = peer_results(
             args.data,
             estimators=tuple(args.estimators),

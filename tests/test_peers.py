@@ -198,3 +198,24 @@ def test_cli_prints_the_table(data: Path, capsys: pytest.CaptureFixture, tmp_pat
     assert peers.main([str(copy), "--estimators", "knn"]) == 0
     out = capsys.readouterr().out
     assert "knn-phot" in out and "RAIL KNN on measured aperture photometry" in out
+
+
+def test_cli_preset_builds_the_presets_universe_then_lowers_its_priority(cache: Path) -> None:
+    """`make demo`'s call: the universe study.run trains on, in $PHOTOZ_CACHE, built if missing."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "analysis.peers", "--preset", "tiny", "--estimators", "knn"]
+    script = (  # the priority the process has once main() returns
+        "import os, sys; from analysis.peers import main; "
+        f"rc = main({cmd[3:] + ['--nice', '3']!r}); print('nice', os.nice(0)); sys.exit(rc)"
+    )
+    env = {**os.environ, "PHOTOZ_CACHE": str(cache)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    built = universe.cached_universe(512, 0)  # the tiny preset's universe: there already
+    assert f"{built}: n_test" in done.stdout and "knn-phot" in done.stdout
+    assert f"nice {os.nice(0) + 3}" in done.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env)  # cached both
+    assert again.returncode == 0 and "True" in again.stdout.split("knn-phot")[1].splitlines()[0]
