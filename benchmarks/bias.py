@@ -1,7 +1,5 @@
 """Where a run's redshift bias comes from: its splits, and its training view of the test images.
 
-    python -m benchmarks.bias RUN_DIR [RUN_DIR ...] [--draws 4]
-
 For each finished run (``python -m study.train``'s directory), its reported model scores every
 split of its data file with no augmentation: ``bias`` = mean (zp - zs)/(1 + zs) with its standard
 error, and sigma_nmad (``study.metrics``). Then the test images as the network saw its training
@@ -10,7 +8,11 @@ images: the central crop, background-resampled with the run's own ``augment.fill
 resampling makes, in units of the clipped sky std. Last, the test bias by spectroscopic-redshift
 range (ZBINS), beside every peer cached for the same file (``python -m analysis.peers``), so
 that a network's bias can be set against the estimators it is compared with on the same
-galaxies. Used for README "The demo preset (issue 12)".
+galaxies. With ``--sample FILE``, also every galaxy of another file (a universe of another seed:
+the same population, a sample five times the test split's, none of it seen in training). Used
+for README "The demo preset (issue 12)".
+
+    python -m benchmarks.bias RUN_DIR [RUN_DIR ...] [--draws 4] [--sample OTHER.h5]
 """
 
 from __future__ import annotations
@@ -101,14 +103,41 @@ def by_redshift(path: str, zs: np.ndarray, edges: np.ndarray, dz: np.ndarray) ->
     return lines
 
 
+def sample_report(run: str, path: str) -> str:
+    """The run's reported model on every galaxy of another file ``path``: an independent sample
+    of the same population when ``path`` is a universe of another seed (``--sample``)."""
+    from study.metrics import cde_loss
+
+    _, model = load_trained_model(run)
+    with h5py.File(path, "r") as f:
+        n = len(f["zs"])
+    d = read_rows(path, np.arange(n))
+    edges, zs = d["edges"].double().numpy(), d["zs"].double().numpy()
+    p = _probs(model, d["images"], d["ebv"])
+    dz = (point_estimate(p, edges) - zs) / (1 + zs)
+    m = point_metrics(p, zs, edges)
+    return (
+        f"  {path} (all {n} galaxies): bias {dz.mean():+.4f} (se {dz.std() / np.sqrt(n):.4f})"
+        f" sigma_nmad {m['sigma_nmad']:.4f} outlier_frac {m['outlier_frac']:.2%}"
+        f" cde_loss {cde_loss(p, zs, edges):.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="finished run directories")
     parser.add_argument("--draws", type=int, default=4, help="resampling draws per test galaxy")
+    parser.add_argument(
+        "--sample", metavar="FILE",
+        help="also score each run on every galaxy of FILE (a universe of another seed: "
+        "`python -m study.data universe --n 4000 --seed 1 --out FILE`)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
     for run in args.runs:
         print(run_report(run, args.draws))
+        if args.sample:
+            print(sample_report(run, args.sample))
 
 
 if __name__ == "__main__":
