@@ -9,7 +9,8 @@ resampling makes, in units of the clipped sky std. Last, the test bias by spectr
 range (ZBINS), beside every peer cached for the same file (``python -m analysis.peers``), so
 that a network's bias can be set against the estimators it is compared with on the same
 galaxies. With ``--sample FILE``, also every galaxy of another file (a universe of another seed:
-the same population, a sample five times the test split's, none of it seen in training). Used
+the same population, a sample five times the test split's, none of it seen in training), and
+RAIL's KNN and FlexZBoost informed on the first run's training split, on the same galaxies. Used
 for README "The demo preset (issue 12)".
 
     python -m benchmarks.bias RUN_DIR [RUN_DIR ...] [--draws 4] [--sample OTHER.h5]
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from analysis.results import load_trained_model, read_rows, run_dataset
-from study.augment import resample_background, sigma_clipped_stats
+from study.augment import background_stats, resample_background
 from study.metrics import point_estimate, point_metrics
 from study.model import centre_crop
 
@@ -62,7 +63,10 @@ def run_report(run: str, draws: int) -> str:
     # d is the test split now: the same galaxies as the network saw its training batches
     fill = config.get("augment", {}).get("fill", "normal")
     x = centre_crop(d["images"], int(config.get("model", {}).get("crop", 64)))
-    stats = sigma_clipped_stats(x)
+    # the trainer's stats: each whole cutout's clipped sky (augment.background_stats), not the
+    # crop's, whose clipped mean holds some of the galaxy's light
+    bg = background_stats(d["images"])
+    stats = (bg[..., 0].float(), bg[..., 1].float())
     gen = torch.Generator().manual_seed(0)
     views = [resample_background(x, gen, stats=stats, fill=fill) for _ in range(draws)]
     zp_view = np.mean([point_estimate(_probs(model, v, d["ebv"]), edges) for v in views], axis=0)
@@ -123,6 +127,39 @@ def sample_report(run: str, path: str) -> str:
     )
 
 
+def sample_peers(
+    path: str, sample: str, estimators: tuple[str, ...] = ("knn", "flexzboost")
+) -> str:
+    """RAIL's peers informed on ``path``'s training split (as ``analysis.peers``, RAIL's own
+    settings), estimated on every galaxy of ``sample``: the networks' ``sample_report`` beside
+    the estimators they are compared with, on the same independent galaxies."""
+    import dataclasses
+
+    from analysis import peers
+    from study.metrics import all_metrics
+
+    base, other = peers.load_catalogue(path), peers.load_catalogue(sample)
+    train = base.split == 0
+    both = dataclasses.replace(
+        base,
+        mags=np.concatenate([base.mags[train], other.mags]),
+        mag_errs=np.concatenate([base.mag_errs[train], other.mag_errs]),
+        zs=np.concatenate([base.zs[train], other.zs]),
+        ids=np.concatenate([base.ids[train], other.ids]),
+        split=np.concatenate(
+            [np.zeros(train.sum(), np.uint8), np.full(len(other.zs), 2, np.uint8)]
+        ),
+    )  # the limiting magnitudes stay the training split's
+    lines = [f"  peers informed on {path}'s training split, on all of {sample}:"]
+    for name in estimators:
+        m = all_metrics(peers.run_peer(both, name, peers.SETTINGS[name]), other.zs, other.edges)
+        lines.append(
+            f"    {name:10s} bias {m['bias']:+.4f} sigma_nmad {m['sigma_nmad']:.4f} "
+            f"outlier_frac {m['outlier_frac']:.2%} cde_loss {m['cde_loss']:.2f}"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="finished run directories")
@@ -138,6 +175,9 @@ def main() -> None:
         print(run_report(run, args.draws))
         if args.sample:
             print(sample_report(run, args.sample))
+    if args.sample:
+        config, _ = load_trained_model(args.runs[0])
+        print(sample_peers(str(run_dataset(config, args.runs[0])), args.sample))
 
 
 if __name__ == "__main__":
