@@ -12,8 +12,8 @@ DEV_EXTRAS := .[dev,report,peers]
 .PHONY: demo test lint install clean-demo
 
 # INSTALLER=uv (the default): pip installs uv into the venv, and uv installs the project under
-# pip's own settings (tools/uv_install.py): about 40 s where pip alone takes about 150 on the
-# 2-core development machine (BENCHMARKS.md "make demo's install"). INSTALLER=pip: pip alone.
+# pip's own settings (tools/uv_install.py): 61-101 s from a fresh clone where pip alone took
+# 151-199 on the 2-core development machine (BENCHMARKS.md "make demo"). INSTALLER=pip: pip alone.
 #
 # The venv gets bytecode for everything it installs: where PYTHONDONTWRITEBYTECODE=1, as on the
 # development machine, every process, each Ray worker too, would otherwise compile torch, Ray
@@ -65,7 +65,7 @@ lint: $(DEV_STAMP)
 # lock), then drop to nice 19 and run on what the trials leave of the cores; the report then reads
 # them from the cache (about 30 s less than running them after the study: BENCHMARKS.md "make
 # demo"). Their output goes to $(DEMO_STUDY)-peers.log; if they fail, the report runs them itself
-# and says why. A failed study stops them.
+# and says why. A failed study stops them (Ctrl-C stops both: checked in a pty).
 DEMO_STUDY := demo/study-$(shell date +%Y%m%d-%H%M%S)
 DEMO_ENV := PHOTOZ_CACHE=$(CURDIR)/demo/cache
 demo: $(STAMP)
