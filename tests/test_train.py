@@ -311,12 +311,13 @@ def test_learns_colour_coded_redshifts(tmp_path):
 
 @pytest.mark.slow
 def test_demo_preset_learns_on_a_small_universe(tmp_path, monkeypatch):
-    """The demo preset as shipped (its own 4,000-galaxy universe, built into an empty cache)
-    beats predicting the training n(z) for everyone by a wide margin. ~1-2 min on one core."""
+    """The demo preset's reference point as shipped (baseline_aug on its own 4,000-galaxy
+    universe, built into an empty cache) beats predicting the training n(z) for everyone by a
+    wide margin. ~1-2 min on one core."""
     monkeypatch.setenv("PHOTOZ_CACHE", str(tmp_path / "cache"))
     from study.universe.build import resolve_data  # the edge's job: the core builds no dataset
 
-    cfg = make_config("demo", "baseline", overrides={"run.progress": False, "run.threads": 1})
+    cfg = make_config("demo", "baseline_aug", overrides={"run.progress": False, "run.threads": 1})
     res = train(cfg, tmp_path / "run", data=resolve_data(cfg))
     data = Path(res.metrics["data"])
     assert data.parent == tmp_path / "cache"  # the cached universe of the preset's size
@@ -324,10 +325,12 @@ def test_demo_preset_learns_on_a_small_universe(tmp_path, monkeypatch):
     ref = reference_nz_sigma_nmad(data)
     got = res.metrics["test"]["sigma_nmad"]
     print(f"demo universe: test sigma_nmad {got:.4f} vs n(z) reference {ref:.4f}")
-    # the n(z) reference is 0.048 (universe v2, seed 0); the demo recipe of issue 12 reaches
-    # 0.0148 with augmentation (baseline_aug, seed 0). 0.5 leaves room for BLAS/CPU
-    # differences while failing a model that learns only the n(z) or the old recipe (0.028)
-    assert got < 0.5 * ref
+    # the n(z) reference is 0.048 (universe v5, seed 0); baseline_aug seed 0 reaches 0.0148 and
+    # 0.0149 on two CPUs (AVX2 and AVX-512 hosts). 0.4 (0.019) leaves room for BLAS/CPU
+    # differences while failing the n(z), the old recipe (0.028) and the demo preset without
+    # augmentation (group baseline: 0.0245, 6% outliers: it overfits 3,040 galaxies), which an
+    # earlier version of this test checked against 0.5 (0.024) and passed or failed by the CPU
+    assert got < 0.4 * ref
 
 
 @pytest.mark.gpu
