@@ -19,6 +19,7 @@ for README "The demo preset (issue 12)".
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import h5py
 import numpy as np
@@ -26,7 +27,7 @@ import torch
 
 from analysis.results import load_trained_model, read_rows, run_dataset
 from study.augment import background_stats, resample_background
-from study.metrics import point_estimate, point_metrics
+from study.metrics import all_metrics, cde_loss, point_estimate, point_metrics
 from study.model import centre_crop
 
 SPLITS = {0: "train", 1: "val", 2: "test"}
@@ -110,8 +111,6 @@ def by_redshift(path: str, zs: np.ndarray, edges: np.ndarray, dz: np.ndarray) ->
 def sample_report(run: str, path: str) -> str:
     """The run's reported model on every galaxy of another file ``path``: an independent sample
     of the same population when ``path`` is a universe of another seed (``--sample``)."""
-    from study.metrics import cde_loss
-
     _, model = load_trained_model(run)
     with h5py.File(path, "r") as f:
         n = len(f["zs"])
@@ -133,10 +132,7 @@ def sample_peers(
     """RAIL's peers informed on ``path``'s training split (as ``analysis.peers``, RAIL's own
     settings), estimated on every galaxy of ``sample``: the networks' ``sample_report`` beside
     the estimators they are compared with, on the same independent galaxies."""
-    import dataclasses
-
     from analysis import peers
-    from study.metrics import all_metrics
 
     base, other = peers.load_catalogue(path), peers.load_catalogue(sample)
     train = base.split == 0
