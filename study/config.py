@@ -60,7 +60,7 @@ class ModelConfig:
     z_max: float = 0.4
     # width of the hidden fully connected layer before E(B-V) is concatenated
     hidden: int = 1024
-    # small_cnn only (the other archs ignore these four fields): side in px of the central crop the
+    # small_cnn only (the other archs ignore these five fields): side in px of the central crop the
     # network sees, both its conv trunk and its apertures (64 = the whole cutout; 32 costs about
     # a quarter: half-light radii are a few px). The trainer crops each batch to it before
     # augmenting, so augmentation works on what the network sees. Even: centred, D4-symmetric.
@@ -72,6 +72,10 @@ class ModelConfig:
     aperture_hidden: int = 0
     # small_cnn only: deredden the aperture fluxes with E(B-V) and the SDSS R_b before asinh
     deredden: bool = False
+    # small_cnn only: channels of its six conv-BN-ReLU blocks (strides 2, 1, 2, 1, 2, 1); the
+    # conv cost goes with their products. A resolved config.yaml written before the field reads
+    # as these, the widths every small_cnn had then (LEGACY_MODEL_FIELDS).
+    widths: tuple[int, ...] = (24, 32, 48, 64, 96, 96)
 
 
 @dataclass
@@ -165,6 +169,11 @@ SECTIONS = ("data", "model", "loss", "augment", "optim", "run")
 # The loss fields every resolved config.yaml held before loss.cde_scale (issue 13): such a file
 # trained its CDE term on the density scale, whatever its group's scale is now.
 LEGACY_LOSS_FIELDS = frozenset({"g_l2", "g_flux", "g_inv", "g_cde", "augment"})
+# The model fields every resolved config.yaml held before model.widths (issue 12's narrow demo
+# trunk): such a file's small_cnn had the default widths, whatever its preset's are now.
+LEGACY_MODEL_FIELDS = frozenset(
+    {"arch", "n_bins", "z_max", "hidden", "crop", "apertures", "aperture_hidden", "deredden"}
+)
 
 # Each preset: overrides of the defaults above (the defaults are the paper's Table 2).
 _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -176,16 +185,19 @@ _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     "fast": {"data.image_dtype": "float16", "model.arch": "resnet50"},
     "resnet18": {"data.image_dtype": "float16", "model.arch": "resnet18"},
     # a small CNN on a small universe, trained to convergence in about a CPU minute per
-    # baseline trial (issue 12; each lever measured in README "The demo preset"): the central
-    # 24 px (9.5") of the cutout (a quarter of the conv cost of 64 px with crop-then-augment),
-    # band fluxes in Gaussian apertures of sigma 2, 4, 8 px, dereddened, through a hidden layer
-    # of 512 beside the conv trunk, head width 512; one-cycle lr up to 3e-3 over 20 epochs of
-    # batch 64; CE and CDE targets smoothed by a Gaussian of sigma 0.008 in z; the reported
-    # model is the epoch of lowest validation CE.
+    # baseline trial (issue 12; each lever measured in README "The demo preset"): a universe of
+    # 12,000 galaxies (9,120 training), the central 16 px (6.3") of the cutout (crop-then-
+    # augment) through six narrow conv blocks (16, 16, 32, 32, 64, 64 channels: 0.43x the step
+    # of the 24 px, 24-96-channel trunk at the same population sigma_nmad), band fluxes in
+    # Gaussian apertures of sigma 2, 4, 8 px, dereddened, through a hidden layer of 512 beside
+    # the trunk, head width 512; one-cycle lr up to 3e-3 over 20 epochs of batch 64; CE and CDE
+    # targets smoothed by a Gaussian of sigma 0.008 in z; the reported model is the epoch of
+    # lowest validation CE.
     "demo": {
-        "data.universe_n": 4000,
+        "data.universe_n": 12000,
         "model.arch": "small_cnn",
-        "model.crop": 24,
+        "model.crop": 16,
+        "model.widths": (16, 16, 32, 32, 64, 64),
         "model.apertures": (2.0, 4.0, 8.0),
         "model.aperture_hidden": 512,
         "model.deredden": True,
@@ -263,7 +275,9 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> Config:
     every other field in it, so a partial dict overrides only what it names. One exception: a
     resolved ``config.yaml`` written before ``loss.cde_scale`` existed (its loss section has
     every field of that time, ``LEGACY_LOSS_FIELDS``, and no ``cde_scale``) reads as
-    ``cde_scale: density``, the scale it trained on, not its group's scale of today.
+    ``cde_scale: density``, the scale it trained on, not its group's scale of today; likewise a
+    model section written before ``model.widths`` (``LEGACY_MODEL_FIELDS``, no ``widths``) reads
+    as the default widths, the trunk it trained, not its preset's of today.
 
     Raises:
         UserError: an unknown preset, group, section or field, or a value of the wrong type.
@@ -285,6 +299,9 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> Config:
     loss = d.get("loss")
     if isinstance(loss, dict) and LEGACY_LOSS_FIELDS <= set(loss) and "cde_scale" not in loss:
         flat["loss.cde_scale"] = "density"
+    model = d.get("model")
+    if isinstance(model, dict) and LEGACY_MODEL_FIELDS <= set(model) and "widths" not in model:
+        flat["model.widths"] = ModelConfig.widths
     cfg = make_config(
         _str_field(d, "preset", "paper", where), _str_field(d, "group", "baseline", where)
     )
@@ -369,6 +386,8 @@ def _check_ranges(cfg: Config, where: str) -> None:
         ("model.apertures", len(cfg.model.apertures) >= 1, "at least one sigma"),
         ("model.apertures", all(a > 0 for a in cfg.model.apertures), "positive sigmas (px)"),
         ("model.aperture_hidden", cfg.model.aperture_hidden >= 0, ">= 0"),
+        ("model.widths", len(cfg.model.widths) == 6, "six channel counts, one per conv block"),
+        ("model.widths", all(w >= 1 for w in cfg.model.widths), "positive channel counts"),
         ("loss.target_sigma", cfg.loss.target_sigma >= 0, ">= 0"),
         (
             "augment.fill",

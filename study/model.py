@@ -175,12 +175,12 @@ class SmallCNN(nn.Module):
         apertures: Gaussian aperture sigmas in px.
         aperture_hidden: width of the hidden layer on the aperture fluxes; 0 = none.
         deredden: deredden the aperture fluxes with E(B-V) (``forward``'s ``ebv``).
+        widths: channels of the six conv blocks (``model.widths``).
     """
 
     aperture_weights: torch.Tensor  # (crop * crop, K) buffer: the Gaussian apertures
     extinction_r: torch.Tensor  # (5,) buffer: A_b / E(B-V)
 
-    widths = (24, 32, 48, 64, 96, 96)
     strides = (2, 1, 2, 1, 2, 1)
 
     def __init__(
@@ -189,9 +189,11 @@ class SmallCNN(nn.Module):
         apertures: tuple[float, ...] = (4.0,),
         aperture_hidden: int = 0,
         deredden: bool = False,
+        widths: tuple[int, ...] = (24, 32, 48, 64, 96, 96),
     ) -> None:
         super().__init__()
         self.crop = crop
+        self.widths = tuple(widths)
         self.deredden = deredden
         self.n_apertures = len(apertures)
         self.trunk, n_trunk = _plain_cnn(self.widths, self.strides, pool=False)
@@ -316,6 +318,7 @@ def small_cnn_options(model: ModelConfig) -> dict[str, Any]:
         "apertures": tuple(model.apertures),
         "aperture_hidden": model.aperture_hidden,
         "deredden": model.deredden,
+        "widths": tuple(model.widths),
     }
 
 

@@ -336,8 +336,8 @@ def setup_training(
     """The model (seeded init, on ``device``), the callable the step uses, and the optimiser.
 
     Shared by ``train`` and ``benchmarks.step`` so that the benchmark times the trainer's own
-    step. On CUDA: channels_last weights (``run.channels_last``), fused Adam (one kernel for
-    all parameters); ``run.compile`` wraps the model in ``torch.compile(mode=run.compile_mode)``
+    step. Fused Adam (one kernel for all parameters) on every device; on CUDA channels_last
+    weights (``run.channels_last``); ``run.compile`` wraps the model in ``torch.compile(mode=run.compile_mode)``
     (the uncompiled module is returned too: checkpoints, evaluation and the L2 sum use it).
     """
     torch.manual_seed(cfg.run.seed)  # weight init
@@ -346,7 +346,9 @@ def setup_training(
     if device.type == "cuda" and cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model, mode=cfg.run.compile_mode) if cfg.run.compile else model
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, fused=device.type == "cuda")
+    # fused: one kernel for every parameter, on the CPU too (10% of the demo step there:
+    # BENCHMARKS.md "The issue-12 demo preset")
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, fused=True)
     return model, step_model, opt
 
 

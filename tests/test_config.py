@@ -47,7 +47,7 @@ def test_presets():
     paper = make_config("paper")
     assert (paper.optim.batch_size, paper.optim.epochs, paper.optim.lr) == (128, 50, 1e-3)
     assert paper.data.universe_n == 607_712
-    assert make_config("demo").data.universe_n < 10_000
+    assert make_config("demo").data.universe_n < 20_000
     tiny = make_config("tiny")
     assert tiny.data.universe_n <= 1024 and tiny.optim.epochs == 2
 

@@ -176,3 +176,27 @@ def test_small_cnn_options_build_every_parameter_with_gradients():
     m(x, ebv).logsumexp(1).sum().backward()
     for name, p in m.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_small_cnn_widths_set_its_conv_blocks_and_old_configs_keep_theirs():
+    from study.config import config_from_dict, config_to_dict, make_config
+    from study.model import model_from_config
+
+    narrow = model_from_config(make_config("demo").model).backbone
+    convs = [m for m in narrow.trunk.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 16, 32, 32, 64, 64]
+    assert narrow.num_features == 64 + 512  # the last block's channels + the aperture layer
+    # a config.yaml written before model.widths existed: the widths every small_cnn had then
+    d = config_to_dict(make_config("demo"))
+    del d["model"]["widths"]
+    old = model_from_config(config_from_dict(d).model).backbone
+    assert [m.out_channels for m in old.trunk.modules() if isinstance(m, torch.nn.Conv2d)] == [
+        24,
+        32,
+        48,
+        64,
+        96,
+        96,
+    ]
+    with pytest.raises(UserError, match="model.widths"):
+        make_config("demo", overrides={"model.widths": (16, 32)})

@@ -311,9 +311,9 @@ def test_learns_colour_coded_redshifts(tmp_path):
 
 @pytest.mark.slow
 def test_demo_preset_learns_on_a_small_universe(tmp_path, monkeypatch):
-    """The demo preset's reference point as shipped (baseline_aug on its own 4,000-galaxy
+    """The demo preset's reference point as shipped (baseline_aug on its own 12,000-galaxy
     universe, built into an empty cache) beats predicting the training n(z) for everyone by a
-    wide margin. ~1-2 min on one core."""
+    wide margin. ~1.5-2 min on one core."""
     monkeypatch.setenv("PHOTOZ_CACHE", str(tmp_path / "cache"))
     from study.universe.build import resolve_data  # the edge's job: the core builds no dataset
 
@@ -321,7 +321,7 @@ def test_demo_preset_learns_on_a_small_universe(tmp_path, monkeypatch):
     res = train(cfg, tmp_path / "run", data=resolve_data(cfg))
     data = Path(res.metrics["data"])
     assert data.parent == tmp_path / "cache"  # the cached universe of the preset's size
-    assert res.metrics["n_train"] + res.metrics["n_val"] + res.metrics["n_test"] == 4000
+    assert res.metrics["n_train"] + res.metrics["n_val"] + res.metrics["n_test"] == 12_000
     ref = reference_nz_sigma_nmad(data)
     got = res.metrics["test"]["sigma_nmad"]
     print(f"demo universe: test sigma_nmad {got:.4f} vs n(z) reference {ref:.4f}")
@@ -362,11 +362,12 @@ def test_device_name_on_cuda_names_the_card(monkeypatch):
     assert device_name(torch.device("cpu")).startswith("cpu (")
 
 
-# the demo preset's recipe on the tiny data: small_cnn with its crop, apertures, aperture layer
+# the demo preset's recipe on the tiny data: small_cnn with its crop, widths, apertures, aperture layer
 # and dereddening, one-cycle schedule, Gaussian targets, best-validation reported model
 RECIPE = {
     "model.arch": "small_cnn",
-    "model.crop": 24,
+    "model.crop": 16,
+    "model.widths": (16, 16, 32, 32, 64, 64),
     "model.apertures": (2.0, 4.0, 8.0),
     "model.aperture_hidden": 16,
     "model.deredden": True,
