@@ -186,7 +186,7 @@ _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     "resnet18": {"data.image_dtype": "float16", "model.arch": "resnet18"},
     # a small CNN on a small universe, trained to convergence in about a CPU minute per
     # baseline trial (issue 12; each lever measured in README "The demo preset"): a universe of
-    # 12,000 galaxies (9,120 training), the central 16 px (6.3") of the cutout (crop-then-
+    # 8,000 galaxies (6,080 training), the central 16 px (6.3") of the cutout (crop-then-
     # augment) through six narrow conv blocks (16, 16, 32, 32, 64, 64 channels: 0.43x the step
     # of the 24 px, 24-96-channel trunk at the same population sigma_nmad), band fluxes in
     # Gaussian apertures of sigma 2, 4, 8 px, dereddened, through a hidden layer of 512 beside
@@ -194,7 +194,7 @@ _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     # targets smoothed by a Gaussian of sigma 0.008 in z; the reported model is the epoch of
     # lowest validation CE.
     "demo": {
-        "data.universe_n": 12000,
+        "data.universe_n": 8000,
         "model.arch": "small_cnn",
         "model.crop": 16,
         "model.widths": (16, 16, 32, 32, 64, 64),

@@ -311,7 +311,7 @@ def test_learns_colour_coded_redshifts(tmp_path):
 
 @pytest.mark.slow
 def test_demo_preset_learns_on_a_small_universe(tmp_path, monkeypatch):
-    """The demo preset's reference point as shipped (baseline_aug on its own 12,000-galaxy
+    """The demo preset's reference point as shipped (baseline_aug on its own 8,000-galaxy
     universe, built into an empty cache) beats predicting the training n(z) for everyone by a
     wide margin. ~1.5-2 min on one core."""
     monkeypatch.setenv("PHOTOZ_CACHE", str(tmp_path / "cache"))
@@ -321,7 +321,7 @@ def test_demo_preset_learns_on_a_small_universe(tmp_path, monkeypatch):
     res = train(cfg, tmp_path / "run", data=resolve_data(cfg))
     data = Path(res.metrics["data"])
     assert data.parent == tmp_path / "cache"  # the cached universe of the preset's size
-    assert res.metrics["n_train"] + res.metrics["n_val"] + res.metrics["n_test"] == 12_000
+    assert res.metrics["n_train"] + res.metrics["n_val"] + res.metrics["n_test"] == 8000
     ref = reference_nz_sigma_nmad(data)
     got = res.metrics["test"]["sigma_nmad"]
     print(f"demo universe: test sigma_nmad {got:.4f} vs n(z) reference {ref:.4f}")
