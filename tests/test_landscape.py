@@ -109,8 +109,8 @@ def test_slice_at_zero_equals_loss_on_batch():
 
 # The run's loss settings the landscape must follow: the tiny preset's (one-hot targets, the
 # group's paper CDE scale), the demo preset's Gaussian targets (loss.target_sigma=0.008, which
-# the landscape once left out), and the demo's model shape (a 24 px crop, augmented after the
-# crop) with truncated background draws and the density CDE scale.
+# the landscape once left out), and the demo's model shape (a 16 px crop, augmented after the
+# crop, the narrow trunk) with truncated background draws and the density CDE scale.
 ORIGIN_CASES = {
     "tiny": {},
     "target_sigma": {"loss.target_sigma": 0.008},
@@ -118,7 +118,8 @@ ORIGIN_CASES = {
         "loss.target_sigma": 0.008,
         "loss.cde_scale": "density",
         "model.arch": "small_cnn",
-        "model.crop": 24,
+        "model.crop": 16,
+        "model.widths": (16, 16, 32, 32, 64, 64),
         "augment.fill": "truncated",
     },
 }
