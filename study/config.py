@@ -174,6 +174,12 @@ LEGACY_LOSS_FIELDS = frozenset({"g_l2", "g_flux", "g_inv", "g_cde", "augment"})
 LEGACY_MODEL_FIELDS = frozenset(
     {"arch", "n_bins", "z_max", "hidden", "crop", "apertures", "aperture_hidden", "deredden"}
 )
+# (section, the fields a resolved file of that section held before `field` existed, field, the
+# value such a file trained with): config_from_dict reads an old file as what it trained on
+_LEGACY_VALUES: tuple[tuple[str, frozenset[str], str, Any], ...] = (
+    ("loss", LEGACY_LOSS_FIELDS, "cde_scale", "density"),
+    ("model", LEGACY_MODEL_FIELDS, "widths", ModelConfig.widths),
+)
 
 # Each preset: overrides of the defaults above (the defaults are the paper's Table 2).
 _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -296,12 +302,10 @@ def config_from_dict(d: dict[str, Any], where: str = "config") -> Config:
             raise UserError(f"{where}: section {key!r} must be a mapping of fields")
         for name, v in value.items():
             flat[f"{key}.{name}"] = v
-    loss = d.get("loss")
-    if isinstance(loss, dict) and LEGACY_LOSS_FIELDS <= set(loss) and "cde_scale" not in loss:
-        flat["loss.cde_scale"] = "density"
-    model = d.get("model")
-    if isinstance(model, dict) and LEGACY_MODEL_FIELDS <= set(model) and "widths" not in model:
-        flat["model.widths"] = ModelConfig.widths
+    for section, fields, name, value in _LEGACY_VALUES:
+        given = d.get(section)
+        if isinstance(given, dict) and fields <= set(given) and name not in given:
+            flat[f"{section}.{name}"] = value
     cfg = make_config(
         _str_field(d, "preset", "paper", where), _str_field(d, "group", "baseline", where)
     )

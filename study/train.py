@@ -337,8 +337,9 @@ def setup_training(
 
     Shared by ``train`` and ``benchmarks.step`` so that the benchmark times the trainer's own
     step. Fused Adam (one kernel for all parameters) on every device; on CUDA channels_last
-    weights (``run.channels_last``); ``run.compile`` wraps the model in ``torch.compile(mode=run.compile_mode)``
-    (the uncompiled module is returned too: checkpoints, evaluation and the L2 sum use it).
+    weights (``run.channels_last``); ``run.compile`` wraps the model in
+    ``torch.compile(mode=run.compile_mode)`` (the uncompiled module is returned too:
+    checkpoints, evaluation and the L2 sum use it).
     """
     torch.manual_seed(cfg.run.seed)  # weight init
     model = model_from_config(cfg.model)
@@ -347,7 +348,7 @@ def setup_training(
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model, mode=cfg.run.compile_mode) if cfg.run.compile else model
     # fused: one kernel for every parameter, on the CPU too (10% of the demo step there:
-    # BENCHMARKS.md "The issue-12 demo preset")
+    # BENCHMARKS.md "The 8,000-galaxy demo preset")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, fused=True)
     return model, step_model, opt
 

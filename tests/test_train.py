@@ -361,8 +361,9 @@ def test_device_name_on_cuda_names_the_card(monkeypatch):
     assert device_name(torch.device("cpu")).startswith("cpu (")
 
 
-# the demo preset's recipe on the tiny data: small_cnn with its crop, widths, apertures, aperture layer
-# and dereddening, one-cycle schedule, Gaussian targets, best-validation reported model
+# the demo preset's recipe on the tiny data: small_cnn with its crop, widths, apertures,
+# aperture layer and dereddening, one-cycle schedule, Gaussian targets, best-validation reported
+# model
 RECIPE = {
     "model.arch": "small_cnn",
     "model.crop": 16,
