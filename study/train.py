@@ -347,7 +347,7 @@ def setup_training(
     if device.type == "cuda" and cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model, mode=cfg.run.compile_mode) if cfg.run.compile else model
-    # fused: one kernel for every parameter, on the CPU too (10% of the demo step there:
+    # fused: one kernel for every parameter, on the CPU too (3-12% of the demo step there:
     # BENCHMARKS.md "The 8,000-galaxy demo preset")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, fused=True)
     return model, step_model, opt
