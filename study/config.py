@@ -193,7 +193,7 @@ _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     # a small CNN on a small universe, trained to convergence in about a CPU minute per
     # baseline trial (issue 12; each lever measured in README "The demo preset"): a universe of
     # 8,000 galaxies (6,080 training), the central 16 px (6.3") of the cutout (crop-then-
-    # augment) through six narrow conv blocks (16, 16, 32, 32, 64, 64 channels: 0.43x the step
+    # augment) through six narrow conv blocks (16, 16, 32, 32, 64, 64 channels: 0.43-0.45x the step
     # of the 24 px, 24-96-channel trunk at the same population sigma_nmad), band fluxes in
     # Gaussian apertures of sigma 2, 4, 8 px, dereddened, through a hidden layer of 512 beside
     # the trunk, head width 512; one-cycle lr up to 3e-3 over 20 epochs of batch 64; CE and CDE
