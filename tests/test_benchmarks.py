@@ -258,3 +258,34 @@ def test_halving_comparison_by_hand(tmp_path, capsys):
     assert out["trial_epoch_fraction"] == pytest.approx(28 / 60)
     assert "47% of the unpruned study's (at most half)" in capsys.readouterr().out
     assert bench.main([str(p), str(tmp_path / "none")]) == 2
+
+
+def test_probe_learns_colour_coded_redshifts_and_scores_a_sample(tmp_path, capsys):
+    """benchmarks.probe (issue 12's MLP on the demo network's aperture magnitudes) on a file whose
+    colours encode z: its test sigma_nmad is far below predicting the training n(z), and
+    --sample scores every galaxy of another file with the same metrics."""
+    from benchmarks import probe
+    from tests.test_train import make_file, reference_nz_sigma_nmad
+
+    data = make_file(tmp_path / "d.h5", n=600)
+    argv = ["--data", str(data), "--epochs", "40", "--seeds", "0", "--sample", str(data)]
+    assert probe.main(argv) == 0
+    out = capsys.readouterr().out
+    line = next(s for s in out.splitlines() if s.strip().startswith("epochs  40 seed 0"))
+    got = float(line.split("test sigma_nmad ")[1].split()[0])
+    assert np.isfinite(got) and got < 0.5 * reference_nz_sigma_nmad(data), line
+    assert "| sample sigma_nmad" in line
+
+
+def test_probe_features_are_the_demo_networks_aperture_path():
+    from benchmarks import probe
+    from study.model import SmallCNN
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 5, 64, 64, generator=gen)
+    ebv = torch.tensor([0.0, 0.05, 0.2])
+    x = probe.features(images, ebv, 16, (2.0, 4.0))
+    assert x.shape == (3, 5 * 2 + 1)
+    want = SmallCNN(crop=16, apertures=(2.0, 4.0), deredden=True).aperture_mags(images, ebv)
+    torch.testing.assert_close(x[:, :-1], want)
+    torch.testing.assert_close(x[:, -1], ebv)
