@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import h5py
 import numpy as np
 import torch
 from torch import nn
@@ -30,8 +29,9 @@ from analysis.results import read_rows
 from study.config import Config, make_config
 from study.data.dataset import load_split, read_info
 from study.losses import cross_entropy
-from study.metrics import all_metrics, cde_loss, point_metrics
+from study.metrics import all_metrics
 from study.model import SmallCNN
+from study.train import make_scheduler, steps_per_epoch
 
 HIDDEN = 256  # the issue's two hidden layers
 READ = 1024  # images per block when computing the aperture magnitudes
@@ -51,23 +51,21 @@ def features(
 
 
 def train_probe(
-    x: torch.Tensor, zs: torch.Tensor, edges: torch.Tensor, epochs: int, seed: int, cfg: Config
+    x: torch.Tensor, zs: torch.Tensor, edges: torch.Tensor, seed: int, cfg: Config
 ) -> nn.Module:
-    """The MLP, trained on standardised ``x`` with the demo preset's schedule and targets."""
+    """The MLP, trained on standardised ``x`` for ``cfg.optim.epochs`` with the config's batch,
+    one-cycle schedule and targets (the demo preset's)."""
     torch.manual_seed(seed)
     n_bins = len(edges) - 1
     net = nn.Sequential(
         nn.Linear(x.shape[1], HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
         nn.Linear(HIDDEN, n_bins),
     )  # fmt: skip
-    bs = cfg.optim.batch_size
-    steps = len(x) // bs
+    bs, steps = cfg.optim.batch_size, steps_per_epoch(len(x), cfg)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, fused=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.optim.lr, total_steps=epochs * steps, pct_start=cfg.optim.warmup_frac
-    )
+    sched = make_scheduler(opt, cfg, steps)  # the trainer's one-cycle over cfg.optim.epochs
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
+    for _ in range(cfg.optim.epochs):
         order = torch.randperm(len(x), generator=gen)
         for k in range(steps):
             b = order[k * bs : (k + 1) * bs]
@@ -79,9 +77,15 @@ def train_probe(
     return net.eval()
 
 
-def _probs(net: nn.Module, x: torch.Tensor) -> np.ndarray:
+def _scores(net: nn.Module, x: torch.Tensor, zs: torch.Tensor, edges: np.ndarray) -> str:
+    """The SPEC 3 metrics of the probe on (x, zs), as one line's fields."""
     with torch.no_grad():
-        return torch.softmax(net(x), dim=1).double().numpy()
+        p = torch.softmax(net(x), dim=1).double().numpy()
+    m = all_metrics(p, zs.double().numpy(), edges)
+    return (
+        f"sigma_nmad {m['sigma_nmad']:.4f} outlier_frac {m['outlier_frac']:.2%} "
+        f"cde_loss {m['cde_loss']:.2f} bias {m['bias']:+.4f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,11 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", metavar="FILE", help="also score on every galaxy of FILE")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = make_config("demo", "baseline_aug")
     if args.data is None:
         from study.universe.build import resolve_data  # the edge builds the cached universe
 
-        args.data = str(resolve_data(cfg))
+        args.data = str(resolve_data(make_config("demo", "baseline_aug")))
     info = read_info(args.data)
     edges = torch.as_tensor(info.bin_edges, dtype=torch.float32)
     apertures = tuple(args.apertures)
@@ -107,31 +110,23 @@ def main(argv: list[str] | None = None) -> int:
     mu, sd = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
     x_train = (x_train - mu) / sd
     x_test = (features(test.images, test.ebv, args.crop, apertures) - mu) / sd
-    sample = x_sample = None
+    sample = None  # (standardised features, zs) of every galaxy of --sample
     if args.sample:
-        with h5py.File(args.sample, "r") as f:
-            sample = read_rows(args.sample, np.arange(len(f["zs"])))
-        x_sample = (features(sample["images"], sample["ebv"], args.crop, apertures) - mu) / sd
+        rows = read_rows(args.sample, np.arange(read_info(args.sample).n))
+        x = (features(rows["images"], rows["ebv"], args.crop, apertures) - mu) / sd
+        sample = (x, rows["zs"])
     print(f"probe on {args.data}: {len(train)} training, {len(test)} test galaxies, "
           f"apertures {apertures} px on the central {args.crop} px")  # fmt: skip
     for epochs in args.epochs:
         for seed in args.seeds:
+            cfg = make_config("demo", "baseline_aug", overrides={"optim.epochs": epochs})
             t0 = time.process_time()
-            net = train_probe(x_train, train.zs.float(), edges, epochs, seed, cfg)
+            net = train_probe(x_train, train.zs.float(), edges, seed, cfg)
             cpu_s = time.process_time() - t0
-            m = all_metrics(_probs(net, x_test), test.zs.double().numpy(), info.bin_edges)
-            line = (
-                f"  epochs {epochs:3d} seed {seed}: test sigma_nmad {m['sigma_nmad']:.4f} "
-                f"outlier_frac {m['outlier_frac']:.2%} cde_loss {m['cde_loss']:.2f} "
-                f"bias {m['bias']:+.4f} ({cpu_s:.0f} CPU-s)"
-            )
-            if sample is not None and x_sample is not None:
-                p, zs = _probs(net, x_sample), sample["zs"].double().numpy()
-                s = point_metrics(p, zs, info.bin_edges)
-                line += (
-                    f" | sample sigma_nmad {s['sigma_nmad']:.4f} outlier_frac "
-                    f"{s['outlier_frac']:.2%} cde_loss {cde_loss(p, zs, info.bin_edges):.2f}"
-                )
+            line = f"  epochs {epochs:3d} seed {seed}: test {_scores(net, x_test, test.zs, info.bin_edges)}"
+            line += f" ({cpu_s:.0f} CPU-s)"
+            if sample is not None:
+                line += f" | sample {_scores(net, *sample, info.bin_edges)}"
             print(line, flush=True)
     return 0
 
